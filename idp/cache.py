@@ -1,0 +1,115 @@
+"""Short-lived shared state: single-use markers (replay caches) and rate-limit counters.
+
+In Redis when ``IDP_REDIS_URL`` is set, in the database otherwise, so that every worker on
+every machine sees the same state. Nothing here lives only in process memory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import time
+from typing import Any
+
+from flask import Flask, current_app
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from idp.db import utcnow
+from idp.errors import RateLimitedError
+from idp.extensions import db
+from idp.oauth.models import RateCounter, ReplayEntry
+
+
+def init_app(app: Flask) -> None:
+    url = app.config["IDP"]["REDIS_URL"]
+    if url:
+        import redis
+
+        app.extensions["idp.redis"] = redis.Redis.from_url(url, socket_timeout=2,
+                                                           socket_connect_timeout=2)
+    else:
+        app.extensions["idp.redis"] = None
+
+
+def _redis() -> Any:
+    return current_app.extensions.get("idp.redis")
+
+
+def _key(namespace: str, value: str) -> str:
+    return f"idp:{namespace}:{hashlib.sha256(value.encode('utf-8', 'surrogatepass')).hexdigest()}"
+
+
+def use_once(namespace: str, value: str, *, ttl: int) -> bool:
+    """Mark ``value`` as used for ``ttl`` seconds. True the first time, False on replay.
+
+    Atomic across workers: Redis ``SET NX`` or a primary-key insert.
+    """
+    key = _key(namespace, value)
+    client = _redis()
+    if client is not None:
+        return bool(client.set(key, b"1", nx=True, ex=max(1, ttl)))
+    now = utcnow()
+    expires = now + dt.timedelta(seconds=max(1, ttl))
+    # An expired entry may be reused: delete it first (only when expired).
+    db.session.execute(delete(ReplayEntry).where(ReplayEntry.key == key,
+                                                 ReplayEntry.expires_at <= now))
+    try:
+        with db.session.begin_nested():
+            db.session.execute(insert(ReplayEntry).values(key=key, expires_at=expires))
+    except IntegrityError:
+        db.session.commit()
+        return False
+    db.session.commit()
+    return True
+
+
+def hit(namespace: str, value: str, *, limit: int, window: int = 60) -> None:
+    """Count one request against ``limit`` per ``window`` seconds for ``value``.
+
+    Raises ``RateLimitedError`` (429 with Retry-After) past the limit. ``limit <= 0`` disables.
+    """
+    if limit <= 0:
+        return
+    now = time.time()
+    current = int(now // window)
+    retry_after = max(1, int((current + 1) * window - now))
+    key = f"{_key(namespace, value)}:{current}"
+    client = _redis()
+    if client is not None:
+        pipe = client.pipeline()
+        pipe.incr(key)
+        pipe.expire(key, window + 1)
+        count = int(pipe.execute()[0])
+    else:
+        count = _db_hit(key[:200], current)
+    if count > limit:
+        raise RateLimitedError(retry_after)
+
+
+def _db_hit(key: str, window: int) -> int:
+    result = db.session.execute(
+        update(RateCounter).where(RateCounter.key == key, RateCounter.window == window)
+        .values(count=RateCounter.count + 1))
+    if getattr(result, "rowcount", 0) == 0:
+        try:
+            with db.session.begin_nested():
+                db.session.execute(insert(RateCounter).values(key=key, window=window, count=1))
+        except IntegrityError:
+            db.session.execute(
+                update(RateCounter).where(RateCounter.key == key)
+                .values(count=RateCounter.count + 1))
+    count = db.session.scalar(select(RateCounter.count).where(RateCounter.key == key)) or 0
+    db.session.commit()
+    return int(count)
+
+
+def purge_expired() -> int:
+    """Delete expired database entries (a periodic job; Redis expires its own)."""
+    now = utcnow()
+    n = db.session.execute(delete(ReplayEntry).where(ReplayEntry.expires_at <= now)).rowcount
+    window_now = int(time.time() // 60)
+    n += db.session.execute(delete(RateCounter).where(RateCounter.window < window_now - 60)
+                            ).rowcount
+    db.session.commit()
+    return int(n or 0)

@@ -1,0 +1,118 @@
+"""Every setting of Corp ID, read from ``IDP_*`` environment variables.
+
+Each setting has one line saying what it is. ``load_config()`` returns a plain dict that
+``create_app`` puts into ``app.config``; tests pass overrides to ``create_app(config)``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+DEFAULTS: dict[str, Any] = {
+    # Issuer identifier: the https URL relying parties see; every endpoint hangs off it.
+    "ISSUER": "http://localhost:5000",
+    # SQLAlchemy URL; SQLite under instance/ by default, postgresql+psycopg://... at scale.
+    "DATABASE_URL": f"sqlite:///{ROOT / 'instance' / 'idp.sqlite3'}",
+    # Redis URL for replay caches and rate limits; empty means the database holds them.
+    "REDIS_URL": "",
+    # Folder of key material (key-encryption key, session secret, attestation roots).
+    "KEYS_DIR": str(ROOT / "keys"),
+    # Secret from which the key-encryption key and the session secret are derived; empty means
+    # random files under KEYS_DIR (fine for one machine, set it when several machines serve).
+    "SECRET_KEY": "",
+    # Demo mode: enables demo-only conveniences (e.g. http issuer on non-loopback) and nothing else.
+    "DEMO": False,
+    # Lifetime of authorization codes in seconds (SECURITY.md: at most 60).
+    "CODE_TTL": 60,
+    # Lifetime of JWT access tokens in seconds.
+    "ACCESS_TOKEN_TTL": 600,
+    # Lifetime of ID tokens in seconds.
+    "ID_TOKEN_TTL": 600,
+    # Lifetime of a refresh token family in seconds (absolute, from the first login).
+    "REFRESH_TOKEN_TTL": 30 * 24 * 3600,
+    # Algorithm that signs access tokens (ES256 is fast and small).
+    "ACCESS_TOKEN_ALG": "ES256",
+    # Seconds a new signing key is published in JWKS before it signs anything.
+    "KEY_ROTATION_OVERLAP": 3600,
+    # Seconds a process caches the published key set before reading it again.
+    "JWKS_CACHE_TTL": 10,
+    # Seconds a process may cache a client record (0 disables; revocation-critical state is
+    # never cached beyond this).
+    "CLIENT_CACHE_TTL": 0,
+    # Lifetime of invitation links in seconds (7 days).
+    "INVITE_TTL": 7 * 24 * 3600,
+    # Maximum age, in seconds, of a client assertion's exp-iat window (RFC 7523).
+    "CLIENT_ASSERTION_MAX_AGE": 300,
+    # Clock skew allowed when checking client assertions, in seconds.
+    "CLOCK_SKEW": 30,
+    # Requests allowed per client per minute at the token, introspection and revocation
+    # endpoints (0 disables).
+    "RATE_LIMIT_CLIENT_PER_MINUTE": 60_000,
+    # Requests allowed per source address per minute at the same endpoints (0 disables).
+    "RATE_LIMIT_SOURCE_PER_MINUTE": 0,
+    # Largest request body accepted, in bytes (a fast 413 beyond it).
+    "MAX_CONTENT_LENGTH": 64 * 1024,
+    # Largest JWT (client assertion, id_token_hint, token to introspect) accepted, in bytes.
+    "MAX_JWT_LENGTH": 8 * 1024,
+    # Idle timeout of a sign-in session in seconds.
+    "SESSION_IDLE_TTL": 30 * 60,
+    # Absolute lifetime of a sign-in session in seconds.
+    "SESSION_ABSOLUTE_TTL": 12 * 3600,
+    # Log level for the idp logger.
+    "LOG_LEVEL": "INFO",
+}
+
+_BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
+         "off": False, "": False}
+
+
+def _coerce(name: str, default: Any, raw: str) -> Any:
+    if isinstance(default, bool):
+        try:
+            return _BOOL[raw.strip().lower()]
+        except KeyError:
+            raise ValueError(f"IDP_{name} must be a boolean, not {raw!r}") from None
+    if isinstance(default, int):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"IDP_{name} must be an integer, not {raw!r}") from None
+    return raw
+
+
+def load_config(overrides: dict[str, Any] | None = None,
+                environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """Return the settings: defaults, then ``IDP_*`` variables, then ``overrides``."""
+    env = os.environ if environ is None else environ
+    config = dict(DEFAULTS)
+    for name, default in DEFAULTS.items():
+        raw = env.get(f"IDP_{name}")
+        if raw is not None:
+            config[name] = _coerce(name, default, raw)
+    if overrides:
+        config.update(overrides)
+    config["ISSUER"] = str(config["ISSUER"]).rstrip("/")
+    validate_config(config)
+    return config
+
+
+def validate_config(config: dict[str, Any]) -> None:
+    """Refuse settings that would make the provider unsafe."""
+    issuer = config["ISSUER"]
+    if not (issuer.startswith("https://") or _is_loopback_http(issuer)):
+        raise ValueError("IDP_ISSUER must be an https URL (http only on localhost)")
+    if config["CODE_TTL"] > 60 or config["CODE_TTL"] <= 0:
+        raise ValueError("IDP_CODE_TTL must be between 1 and 60 seconds")
+    if config["ACCESS_TOKEN_ALG"] not in ("ES256", "RS256", "PS256", "EdDSA"):
+        raise ValueError("IDP_ACCESS_TOKEN_ALG must be ES256, RS256, PS256 or EdDSA")
+
+
+def _is_loopback_http(url: str) -> bool:
+    for host in ("http://localhost", "http://127.0.0.1", "http://[::1]"):
+        if url == host or url.startswith(host + ":") or url.startswith(host + "/"):
+            return True
+    return False

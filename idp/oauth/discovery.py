@@ -1,0 +1,67 @@
+"""OpenID Provider metadata (OIDC Discovery 1.0) and RFC 8414 authorization server metadata.
+
+Every value here must be true of the running provider: tests compare it with behaviour.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from idp.keys.services import SUPPORTED_ALGS
+
+SCOPES = ("openid", "profile", "email", "corp", "offline_access")
+CLAIMS = ("sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "acr", "amr", "sid",
+          "at_hash", "name", "email", "email_verified", "corp")
+CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
+CLIENT_ASSERTION_ALGS = ("RS256", "PS256", "ES256", "EdDSA")
+ACR_VALUES = ("phrh",)
+
+PATHS = {
+    "authorization_endpoint": "/authorize",
+    "token_endpoint": "/token",
+    "userinfo_endpoint": "/userinfo",
+    "jwks_uri": "/jwks.json",
+    "introspection_endpoint": "/introspect",
+    "revocation_endpoint": "/revoke",
+    "end_session_endpoint": "/logout",
+}
+DISCOVERY_PATH = "/.well-known/openid-configuration"
+AS_METADATA_PATH = "/.well-known/oauth-authorization-server"
+
+
+def provider_metadata(issuer: str) -> dict[str, Any]:
+    endpoints = {name: issuer + path for name, path in PATHS.items()}
+    return {
+        "issuer": issuer,
+        **endpoints,
+        "scopes_supported": list(SCOPES),
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query", "form_post"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "subject_types_supported": ["public", "pairwise"],
+        "id_token_signing_alg_values_supported": list(SUPPORTED_ALGS),
+        "token_endpoint_auth_methods_supported": list(CLIENT_AUTH_METHODS),
+        "token_endpoint_auth_signing_alg_values_supported": list(CLIENT_ASSERTION_ALGS),
+        "introspection_endpoint_auth_methods_supported": [
+            m for m in CLIENT_AUTH_METHODS if m != "none"],
+        "introspection_endpoint_auth_signing_alg_values_supported": list(CLIENT_ASSERTION_ALGS),
+        "revocation_endpoint_auth_methods_supported": list(CLIENT_AUTH_METHODS),
+        "revocation_endpoint_auth_signing_alg_values_supported": list(CLIENT_ASSERTION_ALGS),
+        "code_challenge_methods_supported": ["S256"],
+        "claims_supported": list(CLAIMS),
+        "claims_parameter_supported": True,
+        "request_parameter_supported": False,
+        "request_uri_parameter_supported": False,
+        "acr_values_supported": list(ACR_VALUES),
+        "ui_locales_supported": ["en", "zh-Hant-HK"],
+        "claim_types_supported": ["normal"],
+        "authorization_response_iss_parameter_supported": True,
+        "frontchannel_logout_supported": False,
+        "backchannel_logout_supported": True,
+        "backchannel_logout_session_supported": True,
+    }
+
+
+def metadata_document(issuer: str) -> bytes:
+    return json.dumps(provider_metadata(issuer), separators=(",", ":")).encode()
