@@ -109,3 +109,23 @@ class RateCounter(db.Model):
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     window: Mapped[int] = mapped_column(Integer)
     count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class PendingAuthorization(db.Model):
+    """An authorization request waiting for sign-in, company choice or consent.
+
+    The browser holds only an opaque handle (in its signed session cookie); login and consent
+    POSTs act on this record, never on parameters the browser sends back."""
+
+    __tablename__ = "pending_authorizations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    handle_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    client_id: Mapped[int] = mapped_column(ForeignKey("clients.id", ondelete="CASCADE"))
+    # The validated request parameters, single-valued.
+    params: Mapped[dict[str, str]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+    company_id: Mapped[int | None] = mapped_column(ForeignKey("companies.id", ondelete="CASCADE"))
+    consented_at: Mapped[dt.datetime | None]
+    completed_at: Mapped[dt.datetime | None]

@@ -1,0 +1,297 @@
+"""The authorization endpoint as a sequence of small steps.
+
+``start`` validates the request (Authlib's checks plus ours in ``idp.oauth.checks``) and
+records it server-side; ``resume`` walks the rest — sign-in, company choice, consent — and
+finally issues the code. Each step returns an outcome the view renders; errors after the
+redirect URI is known go back to the client with ``state`` and ``iss`` (RFC 9207), errors
+before it are shown to the person and never redirected.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from authlib.oauth2.rfc6749 import OAuth2Error
+from flask import current_app
+from sqlalchemy import select
+
+from idp.authn.models import LoginSession
+from idp.clients.models import Client
+from idp.consent import services as consent
+from idp.db import utcnow
+from idp.extensions import db
+from idp.oauth.claims import Principal, parse_claims_request
+from idp.oauth.models import PendingAuthorization
+from idp.oauth.server import StoredOAuth2Request
+from idp.orgs.models import Company, Membership, Person
+from idp.security import digest, new_secret
+
+PENDING_TTL = 15 * 60
+PENDING_PREFIX = "cia_"
+
+
+# --- outcomes ---------------------------------------------------------------------------------
+
+@dataclass
+class ClientRedirect:
+    """Send the browser back to the client with ``params`` (iss added by the view)."""
+
+    redirect_uri: str
+    params: list[tuple[str, str]]
+    response_mode: str = "query"
+
+
+@dataclass
+class NeedLogin:
+    handle: str
+    login_hint: str | None = None
+
+
+@dataclass
+class NeedCompany:
+    handle: str
+    client: Client
+    options: list[tuple[Company, list[str]]] = field(default_factory=list)
+
+
+@dataclass
+class NeedConsent:
+    handle: str
+    client: Client
+    company: Company
+    scopes: list[str]
+
+
+Outcome = ClientRedirect | NeedLogin | NeedCompany | NeedConsent
+
+
+class AuthorizationPageError(Exception):
+    """An error shown to the person, never redirected (client or redirect URI not trusted)."""
+
+    def __init__(self, error: str, description: str, status: int = 400) -> None:
+        super().__init__(description)
+        self.error = error
+        self.description = description
+        self.status = status
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+def _server() -> Any:
+    from idp.oauth import authorization
+
+    return authorization
+
+
+def _request_uri() -> str:
+    return str(current_app.config["IDP"]["ISSUER"]) + "/authorize"
+
+
+def _error_redirect(error: OAuth2Error, params: dict[str, str],
+                    redirect_uri: str | None) -> ClientRedirect:
+    if not redirect_uri:
+        raise AuthorizationPageError(error.error or "invalid_request",
+                                     error.get_error_description() or "Invalid request.")
+    out = [("error", error.error or "invalid_request")]
+    if error.get_error_description():
+        out.append(("error_description", error.get_error_description()))
+    if params.get("state"):
+        out.append(("state", params["state"]))
+    mode = params.get("response_mode") if params.get("response_mode") in ("query", "form_post") \
+        else "query"
+    return ClientRedirect(redirect_uri, out, mode)
+
+
+def _fail(error_cls: type[OAuth2Error], description: str, pending: PendingAuthorization
+          ) -> ClientRedirect:
+    pending.completed_at = utcnow()
+    db.session.commit()
+    return _error_redirect(error_cls(description), pending.params,
+                           pending.params.get("redirect_uri"))
+
+
+# --- start ------------------------------------------------------------------------------------
+
+def start(values: dict[str, list[str]]) -> tuple[str, PendingAuthorization] | ClientRedirect:
+    """Validate an authorization request. Returns ``(handle, pending)`` for a valid request
+    or a ``ClientRedirect`` carrying the error; raises ``AuthorizationPageError`` when the
+    client or its redirect URI cannot be trusted."""
+    params = {k: v[0] for k, v in values.items() if v}
+    duplicated = sorted(k for k, v in values.items() if len(v) > 1)
+    if any(k in ("client_id", "redirect_uri") for k in duplicated):
+        raise AuthorizationPageError("invalid_request",
+                                     "The request repeats client_id or redirect_uri.")
+    request = StoredOAuth2Request(params, _request_uri())
+    server = _server()
+    try:
+        grant = server.get_consent_grant(request)
+    except OAuth2Error as error:
+        return _error_redirect(error, params, error.redirect_uri)
+    if duplicated:
+        from authlib.oauth2.rfc6749 import InvalidRequestError
+
+        return _error_redirect(InvalidRequestError(
+            f"Parameters must not be repeated: {', '.join(duplicated)}."), params,
+            grant.redirect_uri)
+    handle = new_secret(PENDING_PREFIX, 24)
+    pending = PendingAuthorization(
+        handle_hash=digest(handle), client_id=request.client.id, params=params,
+        expires_at=utcnow() + dt.timedelta(seconds=PENDING_TTL))
+    db.session.add(pending)
+    db.session.commit()
+    return handle, pending
+
+
+def find_pending(handle: str | None) -> PendingAuthorization:
+    """The live pending authorization for a handle, or ``AuthorizationPageError``."""
+    if not handle or not handle.startswith(PENDING_PREFIX) or len(handle) > 100:
+        raise AuthorizationPageError("invalid_request", "This sign-in request is not known. "
+                                     "Start again from the site you came from.")
+    pending = db.session.scalars(select(PendingAuthorization).where(
+        PendingAuthorization.handle_hash == digest(handle))).first()
+    if pending is None or pending.completed_at is not None or pending.expires_at <= utcnow():
+        raise AuthorizationPageError("invalid_request", "This sign-in request has expired or "
+                                     "was already used. Start again from the site you came "
+                                     "from.")
+    return pending
+
+
+# --- resume -----------------------------------------------------------------------------------
+
+def _prompts(pending: PendingAuthorization) -> set[str]:
+    return set(pending.params.get("prompt", "").split())
+
+
+def needs_login(pending: PendingAuthorization, session: LoginSession | None) -> bool:
+    """Whether a (fresh) sign-in is needed: none yet, ``prompt=login``, ``max_age`` passed, or
+    an ``id_token_hint`` naming someone else."""
+    if session is None:
+        return True
+    if "login" in _prompts(pending) and session.auth_time < pending.created_at:
+        return True
+    max_age = pending.params.get("max_age")
+    if max_age is not None and (utcnow() - session.auth_time).total_seconds() > int(max_age):
+        return True
+    hint_subject = pending.params.get("_hint_person")
+    if hint_subject and session.auth_time < pending.created_at:
+        person = db.session.get(Person, session.person_id)
+        if person is None or person.subject != hint_subject:
+            return True
+    return False
+
+
+def active_companies(person: Person, client: Client) -> list[tuple[Company, list[str]]]:
+    """Companies ``person`` may act for at ``client``: active membership, company live."""
+    rows = db.session.execute(
+        select(Company, Membership.roles).join(Membership, Membership.company_id == Company.id)
+        .where(Membership.person_id == person.id, Membership.status == "active")
+        .order_by(Company.name_en)).all()
+    return [(company, list(roles)) for company, roles in rows if company.is_active]
+
+
+def resume(handle: str, session: LoginSession | None) -> Outcome:
+    """Take the pending authorization as far as it can go for this browser session."""
+    from authlib.oidc.core.errors import (
+        AccountSelectionRequiredError,
+        ConsentRequiredError,
+        LoginRequiredError,
+    )
+    from authlib.oauth2.rfc6749 import AccessDeniedError
+
+    pending = find_pending(handle)
+    prompts = _prompts(pending)
+    client = db.session.get(Client, pending.client_id)
+    if client is None or not client.is_active:
+        raise AuthorizationPageError("unauthorized_client", "This service is no longer "
+                                     "registered with Corp ID.")
+    if needs_login(pending, session):
+        if "none" in prompts:
+            return _fail(LoginRequiredError, "The person is not signed in.", pending)
+        return NeedLogin(handle, pending.params.get("login_hint"))
+    assert session is not None
+    person = db.session.get(Person, session.person_id)
+    assert person is not None
+    options = active_companies(person, client)
+    if not options:
+        return _fail(AccessDeniedError, "The person does not act for any company.", pending)
+    chosen = None
+    if pending.company_id is not None:
+        chosen = next((o for o in options if o[0].id == pending.company_id), None)
+    elif len(options) == 1 and "select_account" not in prompts:
+        chosen = options[0]
+    if chosen is None:
+        if "none" in prompts:
+            return _fail(AccountSelectionRequiredError, "The person must choose a company.",
+                         pending)
+        return NeedCompany(handle, client, options)
+    company, roles = chosen
+    scope = client.get_allowed_scope(pending.params.get("scope"))
+    missing = consent.missing_scopes(person, company, client, scope)
+    if "consent" in prompts and pending.consented_at is None:
+        missing = [s for s in dict.fromkeys(scope.split()) if s not in consent.NO_CONSENT_SCOPES]
+    if missing and pending.consented_at is None:
+        if "none" in prompts:
+            return _fail(ConsentRequiredError, "The person has not consented.", pending)
+        return NeedConsent(handle, client, company, missing)
+    return _issue_code(pending, session, person, company, roles)
+
+
+def choose_company(handle: str, session: LoginSession | None, company_id: int) -> Outcome:
+    """Record the company the person acts for (only one they may act for), then resume."""
+    pending = find_pending(handle)
+    client = db.session.get(Client, pending.client_id)
+    if session is None or client is None:
+        return resume(handle, session)
+    person = db.session.get(Person, session.person_id)
+    if person is None:
+        return resume(handle, None)
+    if company_id not in {c.id for c, _ in active_companies(person, client)}:
+        raise AuthorizationPageError("access_denied", "You cannot act for that company.", 403)
+    pending.company_id = company_id
+    db.session.commit()
+    return resume(handle, session)
+
+
+def decide_consent(handle: str, session: LoginSession | None, *, allow: bool,
+                   origin: Any = None) -> Outcome:
+    """Allow records the consent for what the pending request asks; Deny returns
+    ``access_denied`` to the client."""
+    from authlib.oauth2.rfc6749 import AccessDeniedError
+
+    outcome = resume(handle, session)
+    if not isinstance(outcome, NeedConsent):
+        return outcome
+    pending = find_pending(handle)
+    if not allow:
+        return _fail(AccessDeniedError, "The person declined.", pending)
+    assert session is not None
+    person = db.session.get(Person, session.person_id)
+    assert person is not None
+    consent.grant_consent(person=person, company=outcome.company, client=outcome.client,
+                          scopes=outcome.scopes, origin=origin)
+    pending.consented_at = utcnow()
+    db.session.commit()
+    return resume(handle, session)
+
+
+def _issue_code(pending: PendingAuthorization, session: LoginSession, person: Person,
+                company: Company, roles: list[str]) -> ClientRedirect:
+    server = _server()
+    request = StoredOAuth2Request(pending.params, _request_uri())
+    try:
+        grant = server.get_authorization_grant(request)
+        redirect_uri = grant.validate_authorization_request()
+    except OAuth2Error as error:
+        pending.completed_at = utcnow()
+        db.session.commit()
+        return _error_redirect(error, pending.params, error.redirect_uri)
+    principal = Principal(person=person, company=company, roles=roles, sid=session.sid,
+                          auth_time=int(session.auth_time.timestamp()), acr=session.acr,
+                          amr=list(session.amr),
+                          claims_request=parse_claims_request(pending.params.get("claims")))
+    pending.completed_at = utcnow()
+    _, params, _ = grant.create_authorization_response(redirect_uri, principal)
+    mode = pending.params.get("response_mode") or "query"
+    return ClientRedirect(redirect_uri, list(params), mode)

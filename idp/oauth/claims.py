@@ -1,0 +1,113 @@
+"""Who a token speaks of, and which claims a relying party receives.
+
+A user token is issued for one person acting for one company (a ``Principal``). Claims are
+released by scope (``profile``, ``email``, ``corp``) and by the OIDC ``claims`` parameter.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from authlib.oauth2.rfc6749 import InvalidRequestError
+from flask import current_app
+
+from idp.clients.models import Client, SubjectType
+from idp.keys.services import derive_secret
+from idp.orgs.models import Company, Person
+
+# Claims released by each scope (OIDC Core 5.4, plus our `corp`).
+SCOPE_CLAIMS: dict[str, tuple[str, ...]] = {
+    "profile": ("name",),
+    "email": ("email", "email_verified"),
+    "corp": ("corp",),
+}
+USER_CLAIMS = frozenset(c for claims in SCOPE_CLAIMS.values() for c in claims)
+
+ACR_HARDWARE_KEY = "phrh"
+AMR_HARDWARE_KEY = ("hwk", "mfa")
+
+
+@dataclass
+class Principal:
+    """The person and the company a user token is for, and how they signed in."""
+
+    person: Person
+    company: Company
+    roles: list[str]
+    grant_id: int | None = None
+    gid: str | None = None
+    sid: str | None = None
+    auth_time: int | None = None
+    acr: str | None = None
+    amr: list[str] = field(default_factory=list)
+    claims_request: dict[str, Any] | None = None
+
+
+def subject_for(client: Client, person: Person) -> str:
+    """The ``sub`` a client sees: public, or pairwise per sector (OIDC Core 8.1)."""
+    if client.subject_type is SubjectType.PAIRWISE:
+        salt = _pairwise_salt()
+        sector = (client.sector_identifier or "").encode()
+        digest = hashlib.sha256(sector + b"\x00" + person.subject.encode() + b"\x00" + salt)
+        return base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode()
+    return person.subject
+
+
+def _pairwise_salt() -> bytes:
+    salt = current_app.extensions.get("idp.pairwise_salt")
+    if salt is None:
+        salt = derive_secret(current_app.config["IDP"], "pairwise")
+        current_app.extensions["idp.pairwise_salt"] = salt
+    return bytes(salt)
+
+
+def parse_claims_request(raw: str | None) -> dict[str, Any] | None:
+    """Parse the OIDC ``claims`` parameter (Core 5.5); raise ``invalid_request`` if malformed."""
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise InvalidRequestError("The 'claims' parameter is not valid JSON.") from None
+    if not isinstance(value, dict) or not set(value) <= {"userinfo", "id_token"}:
+        raise InvalidRequestError("The 'claims' parameter must be an object with 'userinfo' "
+                                  "and/or 'id_token' members.")
+    for member in value.values():
+        if member is not None and not isinstance(member, dict):
+            raise InvalidRequestError("Each member of 'claims' must be an object.")
+        for request in (member or {}).values():
+            if request is not None and not isinstance(request, dict):
+                raise InvalidRequestError("Each requested claim must be null or an object.")
+    return value
+
+
+def requested_claim_names(scope: str, claims_request: dict[str, Any] | None,
+                          target: str) -> set[str]:
+    """Names of user claims to release to ``target`` ("userinfo" or "id_token")."""
+    scopes = set(scope.split())
+    names = {c for s in scopes for c in SCOPE_CLAIMS.get(s, ())}
+    if claims_request and isinstance(claims_request.get(target), dict):
+        names |= {c for c in claims_request[target] if c in USER_CLAIMS}
+    return names
+
+
+def user_claims(principal: Principal, client: Client, scope: str, target: str) -> dict[str, Any]:
+    """``sub`` plus the claims released for ``scope`` and the claims request."""
+    person, company = principal.person, principal.company
+    claims: dict[str, Any] = {"sub": subject_for(client, person)}
+    for name in sorted(requested_claim_names(scope, principal.claims_request, target)):
+        if name == "name":
+            claims["name"] = person.display_name
+        elif name == "email" and person.email:
+            claims["email"] = person.email
+        elif name == "email_verified" and person.email:
+            # Enrolment consumes an invitation sent to this address.
+            claims["email_verified"] = True
+        elif name == "corp":
+            claims["corp"] = {"br_number": company.br_number, "name": company.name_en,
+                              "roles": sorted(principal.roles)}
+    return claims

@@ -1,0 +1,334 @@
+"""Authlib hooks: the grants we allow, PKCE (S256 only, every client), OpenID ID tokens,
+private_key_jwt client authentication and the token generator."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Any
+
+from authlib.oauth2.rfc6749 import (
+    InvalidGrantError,
+    InvalidRequestError,
+    InvalidScopeError,
+    OAuth2Request,
+    grants,
+)
+from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
+from authlib.oauth2.rfc7636 import CodeChallenge
+from authlib.oidc.core import OpenIDCode
+from flask import current_app
+from joserfc.jwk import KeySet
+from sqlalchemy import select, update
+
+from idp import cache
+from idp.authn.models import LoginSession
+from idp.clients.models import Client
+from idp.db import utcnow
+from idp.extensions import db
+from idp.keys import jws
+from idp.oauth import tokens
+from idp.oauth.claims import Principal, user_claims
+from idp.oauth.discovery import CLIENT_ASSERTION_ALGS
+from idp.oauth.models import AuthorizationCode
+from idp.security import AUTHORIZATION_CODE_PREFIX, digest, new_secret
+
+ALL_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
+
+
+def _cfg(name: str) -> Any:
+    return current_app.config["IDP"][name]
+
+
+# --- token generator --------------------------------------------------------------------------
+
+def generate_token(grant_type: str, client: Client, user: Principal | None = None,
+                   scope: str | None = None, expires_in: int | None = None,
+                   include_refresh_token: bool = True) -> dict[str, Any]:
+    access_token, ttl = tokens.issue_access_token(client=client, scope=scope or "",
+                                                  principal=user)
+    token: dict[str, Any] = {"access_token": access_token, "token_type": "Bearer",
+                             "expires_in": ttl}
+    if scope:
+        token["scope"] = scope
+    if include_refresh_token and user is not None and user.grant_id is not None:
+        grant = db.session.get(tokens.Grant, user.grant_id)
+        if grant is not None:
+            token["refresh_token"] = tokens.new_refresh_token(grant)
+    return token
+
+
+# --- PKCE -------------------------------------------------------------------------------------
+
+class S256CodeChallenge(CodeChallenge):
+    """PKCE with S256, required of every client (SECURITY.md), not only public ones."""
+
+    DEFAULT_CODE_CHALLENGE_METHOD = "S256"
+    SUPPORTED_CODE_CHALLENGE_METHOD = ["S256"]
+
+    def validate_code_challenge(self, grant: Any, redirect_uri: str) -> None:
+        data = grant.request.payload.data
+        if not data.get("code_challenge"):
+            raise InvalidRequestError("PKCE is required: send 'code_challenge' with "
+                                      "'code_challenge_method=S256'.")
+        if data.get("code_challenge_method") != "S256":
+            raise InvalidRequestError("Only 'code_challenge_method=S256' is supported.")
+        super().validate_code_challenge(grant, redirect_uri)
+
+    def get_authorization_code_challenge(self, authorization_code: AuthorizationCode) -> str:
+        return authorization_code.code_challenge
+
+    def get_authorization_code_challenge_method(self, authorization_code: AuthorizationCode
+                                                ) -> str:
+        return authorization_code.code_challenge_method
+
+
+# --- authorization code -----------------------------------------------------------------------
+
+class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS = ALL_AUTH_METHODS
+
+    def create_authorization_response(self, redirect_uri: str, grant_user: Principal
+                                      ) -> tuple[int, Any, list[tuple[str, str]]]:
+        """Issue the code; the view turns the parameters into a query or form_post response
+        with ``iss`` (RFC 9207)."""
+        self.request.user = grant_user
+        code = self.generate_authorization_code()
+        self.save_authorization_code(code, self.request)
+        params = [("code", code)]
+        if self.request.payload.state:
+            params.append(("state", self.request.payload.state))
+        return 200, params, []
+
+    def generate_authorization_code(self) -> str:
+        return new_secret(AUTHORIZATION_CODE_PREFIX)
+
+    def save_authorization_code(self, code: str, request: OAuth2Request) -> None:
+        principal: Principal = request.user
+        data = request.payload.data
+        auth_time = dt.datetime.fromtimestamp(principal.auth_time or time.time(), dt.UTC)
+        session_id = None
+        if principal.sid:
+            session_id = db.session.scalar(select(LoginSession.id).where(
+                LoginSession.sid == principal.sid))
+        db.session.add(AuthorizationCode(
+            code_hash=digest(code), client_id=request.client.id,
+            person_id=principal.person.id, company_id=principal.company.id,
+            session_id=session_id, redirect_uri=request.payload.redirect_uri,
+            scope=request.scope or "", nonce=data.get("nonce"),
+            code_challenge=data["code_challenge"],
+            code_challenge_method=data.get("code_challenge_method", "S256"),
+            auth_time=auth_time, acr=principal.acr, amr=list(principal.amr),
+            claims_request=principal.claims_request,
+            expires_at=utcnow() + dt.timedelta(seconds=int(_cfg("CODE_TTL")))))
+        db.session.commit()
+
+    def query_authorization_code(self, code: str, client: Client) -> AuthorizationCode | None:
+        """Claim the code atomically for this redemption. A code presented again revokes the
+        tokens issued from it (RFC 6749 §4.1.2); two racing redemptions cannot both win."""
+        if not isinstance(code, str) or not code.startswith(AUTHORIZATION_CODE_PREFIX) \
+                or len(code) > 100:
+            return None
+        row = db.session.scalars(select(AuthorizationCode).where(
+            AuthorizationCode.code_hash == digest(code))).first()
+        if row is None or row.client_id != client.id:
+            return None
+        now = utcnow()
+        claimed = db.session.execute(
+            update(AuthorizationCode)
+            .where(AuthorizationCode.id == row.id, AuthorizationCode.used_at.is_(None),
+                   AuthorizationCode.expires_at > now)
+            .values(used_at=now))
+        if getattr(claimed, "rowcount", 0) != 1:
+            db.session.rollback()
+            row = db.session.get(AuthorizationCode, row.id)
+            if row is not None and row.used_at is not None and row.grant_id is not None:
+                tokens.revoke_grant(row.grant_id, reason="code_reuse",
+                                    actor=f"client:{client.client_id}")
+            return None
+        return row
+
+    def delete_authorization_code(self, authorization_code: AuthorizationCode) -> None:
+        principal: Principal = self.request.user
+        authorization_code.grant_id = principal.grant_id
+
+    def authenticate_user(self, authorization_code: AuthorizationCode) -> Principal | None:
+        from idp.authn.models import LoginSession
+        from idp.orgs.models import Company, Person
+
+        person = db.session.get(Person, authorization_code.person_id)
+        company = db.session.get(Company, authorization_code.company_id)
+        if person is None or company is None:
+            return None
+        security_key_id = None
+        if authorization_code.session_id is not None:
+            session = db.session.get(LoginSession, authorization_code.session_id)
+            if session is None or session.ended_at is not None:
+                return None
+            security_key_id = session.security_key_id
+        grant = tokens.create_grant(
+            client=self.request.client, person=person, company=company,
+            scope=authorization_code.scope, session_id=authorization_code.session_id,
+            security_key_id=security_key_id, auth_time=authorization_code.auth_time,
+            acr=authorization_code.acr, amr=list(authorization_code.amr),
+            claims_request=authorization_code.claims_request)
+        principal = tokens.principal_for_grant(grant)
+        if principal is None:
+            return None
+        self.request.authorization_code = authorization_code
+        return principal
+
+
+class OpenIDConnectCode(OpenIDCode):
+    """ID tokens for the code flow, signed through our JWS door with the client's algorithm.
+
+    Prompt handling is ours (``idp.oauth.authorize``), so Authlib's prompt hook is not used."""
+
+    def __init__(self) -> None:
+        super().__init__(require_nonce=False)
+
+    def __call__(self, grant: Any) -> None:
+        grant.register_hook("after_create_token_response", self.process_token)
+
+    def exists_nonce(self, nonce: str, request: OAuth2Request) -> bool:
+        return False
+
+    def encode_id_token(self, token: dict[str, Any], request: OAuth2Request) -> str:
+        return build_id_token(client=request.client, principal=request.user,
+                              scope=token.get("scope", ""),
+                              nonce=getattr(request.authorization_code, "nonce", None),
+                              access_token=token.get("access_token"))
+
+
+def build_id_token(*, client: Client, principal: Principal, scope: str, nonce: str | None,
+                   access_token: str | None) -> str:
+    """Sign an ID token (OIDC Core 2) for ``principal`` with the client's algorithm."""
+    alg = client.id_token_alg or "RS256"
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "iss": _cfg("ISSUER"), "aud": client.client_id, "iat": now,
+        "exp": now + int(_cfg("ID_TOKEN_TTL")),
+    }
+    claims.update(user_claims(principal, client, scope, "id_token"))
+    if principal.auth_time is not None:
+        claims["auth_time"] = principal.auth_time
+    if nonce:
+        claims["nonce"] = nonce
+    if principal.acr:
+        claims["acr"] = principal.acr
+    if principal.amr:
+        claims["amr"] = principal.amr
+    if principal.sid:
+        claims["sid"] = principal.sid
+    if access_token:
+        claims["at_hash"] = jws.half_hash(access_token, alg=alg)
+    return jws.sign(claims, alg=alg)
+
+
+# --- refresh token ----------------------------------------------------------------------------
+
+class RefreshTokenGrant(grants.RefreshTokenGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS = ALL_AUTH_METHODS
+    INCLUDE_NEW_REFRESH_TOKEN = True
+
+    def authenticate_refresh_token(self, refresh_token: str) -> tokens.RefreshTokenRecord | None:
+        found = tokens.find_refresh_token(refresh_token)
+        if found is None:
+            return None
+        if found.row.rotated_at is not None:
+            # A rotated token came back: someone holds a copy. End the family.
+            tokens.revoke_grant(found.grant.id, reason="refresh_token_reuse")
+            return None
+        if found.is_revoked() or found.is_expired() or found.grant.expires_at <= utcnow():
+            return None
+        return found
+
+    def authenticate_user(self, refresh_token: tokens.RefreshTokenRecord) -> Principal | None:
+        principal = tokens.principal_for_grant(refresh_token.grant)
+        if principal is None:
+            raise InvalidGrantError("The person, company or membership behind this refresh "
+                                    "token is no longer active.")
+        if not tokens.rotate_refresh_token(refresh_token):
+            raise InvalidGrantError("The refresh token was already used.")
+        return principal
+
+    def revoke_old_credential(self, refresh_token: tokens.RefreshTokenRecord) -> None:
+        return None  # rotated atomically in authenticate_user
+
+
+# --- client credentials -----------------------------------------------------------------------
+
+class ClientCredentialsGrant(grants.ClientCredentialsGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post",
+                                   "private_key_jwt"]
+
+    def validate_token_request(self) -> None:
+        super().validate_token_request()
+        requested = (self.request.payload.scope or "").split()
+        allowed = set(self.request.client.scopes) - {"openid", "offline_access"}
+        if any(s not in allowed for s in requested):
+            raise InvalidScopeError("The client may not request these scopes.")
+
+
+# --- private_key_jwt --------------------------------------------------------------------------
+
+class PrivateKeyJWT(JWTBearerClientAssertion):
+    """RFC 7523 client authentication: keys only from the client's registration, never from
+    the assertion's header; iss = sub = client_id, aud = our issuer or token endpoint,
+    exp required and near, jti single-use across workers."""
+
+    CLIENT_AUTH_METHOD = "private_key_jwt"
+
+    def __init__(self) -> None:
+        super().__init__(validate_jti=True, leeway=30)
+
+    def __call__(self, query_client: Any, request: OAuth2Request) -> Client | None:
+        assertion = request.form.get("client_assertion")
+        if isinstance(assertion, str) and len(assertion) > int(_cfg("MAX_JWT_LENGTH")):
+            from authlib.oauth2.rfc6749 import InvalidClientError
+
+            raise InvalidClientError(description="The client assertion is too large.")
+        client: Client | None = super().__call__(query_client, request)
+        return client
+
+    def extract_assertion(self, assertion: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        from authlib.oauth2.rfc6749 import InvalidClientError
+
+        headers, claims = super().extract_assertion(assertion)
+        if headers.get("alg") not in CLIENT_ASSERTION_ALGS:
+            raise InvalidClientError(description="Unsupported client assertion algorithm.")
+        for member in ("jwk", "jku", "x5u", "x5c"):
+            if member in headers:
+                raise InvalidClientError(
+                    description=f"Client assertions must not carry '{member}'.")
+        return headers, claims
+
+    def get_audiences(self) -> list[str]:
+        issuer = _cfg("ISSUER")
+        return [issuer, issuer + "/token"]
+
+    def verify_claims(self, claims: Any) -> None:
+        from authlib.oauth2.rfc6749 import InvalidClientError
+
+        super().verify_claims(claims)
+        exp = claims.get("exp")
+        if not isinstance(exp, int | float) or exp - time.time() > int(
+                _cfg("CLIENT_ASSERTION_MAX_AGE")):
+            raise InvalidClientError(description="The client assertion expires too far ahead.")
+
+    def validate_jti(self, claims: Any, jti: Any) -> bool:
+        if not isinstance(jti, str) or not jti or len(jti) > 256:
+            return False
+        ttl = int(claims.get("exp", time.time()) - time.time()) + 60
+        return cache.use_once("assertion-jti", f"{claims['sub']}\x00{jti}", ttl=max(ttl, 60))
+
+    def resolve_client_public_key(self, client: Client) -> KeySet:
+        if client.jwks:
+            return KeySet.import_key_set(client.jwks)
+        if client.jwks_uri:
+            from idp.clients.jwks import fetch_client_jwks
+
+            return KeySet.import_key_set(fetch_client_jwks(client.jwks_uri))
+        from authlib.oauth2.rfc6749 import InvalidClientError
+
+        raise InvalidClientError(description="The client has no registered keys.")

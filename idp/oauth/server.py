@@ -1,0 +1,110 @@
+"""Authlib's authorization server, adapted: our request objects, client lookup, JSON answers
+with ``Cache-Control: no-store``, and one client-authentication method per request."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from authlib.integrations.flask_oauth2 import AuthorizationServer as FlaskAuthorizationServer
+from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Payload
+from authlib.oauth2.rfc6749 import InvalidClientError, InvalidRequestError, OAuth2Request
+from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
+from flask import Response, current_app
+from flask import request as flask_request
+
+from idp.clients.models import Client
+from idp.extensions import db
+
+NO_STORE = [("Cache-Control", "no-store"), ("Pragma", "no-cache")]
+
+
+class StoredOAuth2Request(OAuth2Request):
+    """An authorization request replayed from its server-side record (after login/consent)."""
+
+    def __init__(self, params: dict[str, str], uri: str) -> None:
+        super().__init__("GET", uri, headers={})
+        self.payload = BasicOAuth2Payload(params)
+        self._params = params
+
+    @property
+    def args(self) -> dict[str, str]:
+        return self._params
+
+    @property
+    def form(self) -> dict[str, str]:
+        return {}
+
+
+class IssuerOAuth2Request(OAuth2Request):
+    """The current Flask request, addressed by our issuer URL rather than the URL the WSGI
+    server saw (which is http behind a TLS-terminating proxy)."""
+
+    def __init__(self) -> None:
+        issuer = current_app.config["IDP"]["ISSUER"]
+        super().__init__(flask_request.method, issuer + flask_request.path,
+                         headers=flask_request.headers)
+        self._request = flask_request
+        self.payload = FlaskOAuth2Payload(flask_request)
+
+    @property
+    def args(self) -> Any:
+        return self._request.args
+
+    @property
+    def form(self) -> Any:
+        return self._request.form
+
+
+class AuthorizationServer(FlaskAuthorizationServer):
+    def query_client(self, client_id: Any) -> Client | None:
+        if not isinstance(client_id, str) or not client_id or len(client_id) > 64:
+            return None
+        return db.session.query(Client).filter_by(client_id=client_id).one_or_none()
+
+    def save_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
+        # Access tokens are self-contained JWTs; refresh tokens are saved by the token
+        # generator with their grant (idp.oauth.tokens).
+        return None
+
+    def create_oauth2_request(self, request: Any) -> OAuth2Request:
+        if isinstance(request, OAuth2Request):
+            return request
+        return IssuerOAuth2Request()
+
+    def handle_response(self, status_code: int, payload: Any, headers: Any) -> Response:
+        if isinstance(payload, dict):
+            payload = json.dumps(payload, separators=(",", ":"))
+        response = Response(payload, status=status_code, headers=headers)
+        if response.mimetype == "application/json":
+            for name, value in NO_STORE:
+                response.headers[name] = value
+        return response
+
+    def authenticate_client(self, request: OAuth2Request, methods: list[str],
+                            endpoint: str = "token") -> Client:
+        presented = _presented_auth_methods(request)
+        if len(presented) > 1:
+            raise InvalidRequestError(
+                "Use exactly one client authentication method per request "
+                f"(found {', '.join(sorted(presented))}).")
+        client: Client = super().authenticate_client(request, methods, endpoint)
+        if not client.is_active:
+            raise InvalidClientError(description="The client is disabled.")
+        return client
+
+    def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def _presented_auth_methods(request: OAuth2Request) -> set[str]:
+    found = set()
+    auth = request.headers.get("Authorization", "") if request.headers else ""
+    if auth.lower().startswith("basic "):
+        found.add("client_secret_basic")
+    form = request.form
+    if form.get("client_secret"):
+        found.add("client_secret_post")
+    if form.get("client_assertion") or form.get("client_assertion_type"):
+        found.add("private_key_jwt")
+    return found

@@ -1,0 +1,243 @@
+"""Token service: issuing JWT access tokens (RFC 9068) and rotating refresh tokens, checking
+and revoking them.
+
+Design for revocation at scale: access tokens are self-contained JWTs and are *not* written
+one by one. Each user token carries ``gid``, the id of its grant (the family of tokens one
+authorization produced). A token is active when its signature and ``exp`` are good, its
+``jti`` is not on the revoked list, and its grant is not revoked. Revoking a refresh token, a
+session, a person, a security key, a membership or a consent marks grants revoked, which ends
+every token of those families at once on every worker (one indexed query per check).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from flask import current_app
+from sqlalchemy import exists, select, update
+from sqlalchemy.exc import IntegrityError
+
+from idp.audit.services import record
+from idp.clients.models import Client
+from idp.db import new_public_id, utcnow
+from idp.extensions import db
+from idp.keys import jws
+from idp.oauth.claims import Principal, subject_for
+from idp.oauth.models import Grant, RefreshToken, RevokedAccessToken
+from idp.orgs.models import Company, Membership, Person
+from idp.security import REFRESH_TOKEN_PREFIX, digest, new_secret
+
+ACCESS_TOKEN_TYP = "at+jwt"
+
+
+def _cfg(name: str) -> Any:
+    return current_app.config["IDP"][name]
+
+
+# --- issuing ----------------------------------------------------------------------------------
+
+def issue_access_token(*, client: Client, scope: str, principal: Principal | None) -> tuple[
+        str, int]:
+    """Sign an RFC 9068 access token. Returns ``(token, expires_in)``."""
+    now = int(time.time())
+    ttl = int(_cfg("ACCESS_TOKEN_TTL"))
+    claims: dict[str, Any] = {
+        "iss": _cfg("ISSUER"),
+        "exp": now + ttl,
+        "iat": now,
+        "jti": new_public_id(),
+        "aud": client.client_id,
+        "client_id": client.client_id,
+        "scope": scope,
+    }
+    if principal is None:
+        claims["sub"] = client.client_id
+    else:
+        claims["sub"] = subject_for(client, principal.person)
+        claims["gid"] = principal.gid
+        if principal.auth_time is not None:
+            claims["auth_time"] = principal.auth_time
+        if principal.acr:
+            claims["acr"] = principal.acr
+        if principal.amr:
+            claims["amr"] = principal.amr
+        if principal.sid:
+            claims["sid"] = principal.sid
+    token = jws.sign(claims, alg=_cfg("ACCESS_TOKEN_ALG"), typ=ACCESS_TOKEN_TYP)
+    return token, ttl
+
+
+def create_grant(*, client: Client, person: Person, company: Company, scope: str,
+                 session_id: int | None, security_key_id: int | None,
+                 auth_time: dt.datetime, acr: str | None, amr: list[str],
+                 claims_request: dict[str, Any] | None) -> Grant:
+    """Start a token family for one authorization (flushed, not committed)."""
+    grant = Grant(gid=new_public_id(), client_id=client.id, person_id=person.id,
+                  company_id=company.id, session_id=session_id,
+                  security_key_id=security_key_id, scope=scope, claims_request=claims_request,
+                  auth_time=auth_time, acr=acr, amr=list(amr),
+                  expires_at=utcnow() + dt.timedelta(seconds=int(_cfg("REFRESH_TOKEN_TTL"))))
+    db.session.add(grant)
+    db.session.flush()
+    return grant
+
+
+def new_refresh_token(grant: Grant) -> str:
+    """Add a refresh token to ``grant``'s family (flushed, not committed); returns it."""
+    token = new_secret(REFRESH_TOKEN_PREFIX)
+    db.session.add(RefreshToken(token_hash=digest(token), grant_id=grant.id,
+                                expires_at=grant.expires_at))
+    return token
+
+
+def principal_for_grant(grant: Grant) -> Principal | None:
+    """Rebuild the principal of a grant, or None if the person, company or membership is no
+    longer active (their tokens must not be refreshed)."""
+    person = db.session.get(Person, grant.person_id)
+    company = db.session.get(Company, grant.company_id)
+    if person is None or company is None or not person.is_active or not company.is_active:
+        return None
+    membership = db.session.scalars(select(Membership).where(
+        Membership.person_id == person.id, Membership.company_id == company.id)).first()
+    if membership is None or not membership.is_active:
+        return None
+    from idp.authn.models import LoginSession
+
+    sid = None
+    if grant.session_id is not None:
+        session = db.session.get(LoginSession, grant.session_id)
+        sid = session.sid if session else None
+    return Principal(person=person, company=company, roles=list(membership.roles),
+                     grant_id=grant.id, gid=grant.gid, sid=sid,
+                     auth_time=int(grant.auth_time.timestamp()), acr=grant.acr,
+                     amr=list(grant.amr), claims_request=grant.claims_request)
+
+
+# --- refresh tokens ---------------------------------------------------------------------------
+
+@dataclass
+class RefreshTokenRecord:
+    """What Authlib's refresh-token grant needs to know about a presented refresh token."""
+
+    row: RefreshToken
+    grant: Grant
+
+    def check_client(self, client: Client) -> bool:
+        return self.grant.client_id == client.id
+
+    def get_scope(self) -> str:
+        return self.grant.scope
+
+    def is_expired(self) -> bool:
+        return self.row.expires_at <= utcnow()
+
+    def is_revoked(self) -> bool:
+        return self.grant.revoked_at is not None or self.row.rotated_at is not None
+
+
+def find_refresh_token(token: str) -> RefreshTokenRecord | None:
+    if not isinstance(token, str) or not token.startswith(REFRESH_TOKEN_PREFIX) or len(token) > 200:
+        return None
+    row = db.session.scalars(select(RefreshToken).where(
+        RefreshToken.token_hash == digest(token))).first()
+    if row is None:
+        return None
+    grant = db.session.get(Grant, row.grant_id)
+    if grant is None:
+        return None
+    return RefreshTokenRecord(row, grant)
+
+
+def rotate_refresh_token(record_: RefreshTokenRecord) -> bool:
+    """Mark the presented refresh token as used, atomically. False if it was already used
+    (then the whole family is revoked, RFC 9700 §4.14.2)."""
+    result = db.session.execute(
+        update(RefreshToken).where(RefreshToken.id == record_.row.id,
+                                   RefreshToken.rotated_at.is_(None))
+        .values(rotated_at=utcnow()))
+    if getattr(result, "rowcount", 0) == 1:
+        return True
+    db.session.rollback()
+    revoke_grant(record_.grant.id, reason="refresh_token_reuse")
+    return False
+
+
+# --- revocation -------------------------------------------------------------------------------
+
+def revoke_grant(grant_id: int, *, reason: str, actor: str = "system") -> None:
+    """Revoke one token family (committed)."""
+    db.session.execute(update(Grant).where(Grant.id == grant_id, Grant.revoked_at.is_(None))
+                       .values(revoked_at=utcnow(), revoked_reason=reason))
+    record("oauth:grant:revoke", actor=actor, subject=f"grant:{grant_id}",
+           details={"reason": reason})
+    db.session.commit()
+
+
+def revoke_grants(*, reason: str, actor: str = "system", person_id: int | None = None,
+                  company_id: int | None = None, client_id: int | None = None,
+                  session_id: int | None = None, security_key_id: int | None = None) -> int:
+    """Revoke every live grant matching all the given filters (the caller commits).
+
+    Used when a person, security key, session, membership or consent ends."""
+    filters = [Grant.revoked_at.is_(None)]
+    for column, value in ((Grant.person_id, person_id), (Grant.company_id, company_id),
+                          (Grant.client_id, client_id), (Grant.session_id, session_id),
+                          (Grant.security_key_id, security_key_id)):
+        if value is not None:
+            filters.append(column == value)
+    if len(filters) == 1:
+        raise ValueError("revoke_grants needs at least one filter")
+    result = db.session.execute(update(Grant).where(*filters)
+                                .values(revoked_at=utcnow(), revoked_reason=reason))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def revoke_access_token(claims: dict[str, Any]) -> None:
+    """Put one access token's ``jti`` on the revoked list until it would expire (committed)."""
+    expires = dt.datetime.fromtimestamp(int(claims["exp"]), dt.UTC)
+    try:
+        with db.session.begin_nested():
+            db.session.add(RevokedAccessToken(jti=str(claims["jti"]), expires_at=expires))
+    except IntegrityError:
+        pass  # already revoked
+    db.session.commit()
+
+
+# --- checking ---------------------------------------------------------------------------------
+
+def decode_access_token(token: str) -> dict[str, Any] | None:
+    """Claims of a valid, unexpired access token we signed, else None. Revocation not checked."""
+    try:
+        return jws.verify(token, issuer=_cfg("ISSUER"), typ=ACCESS_TOKEN_TYP,
+                          max_length=int(_cfg("MAX_JWT_LENGTH")))
+    except jws.InvalidJWT:
+        return None
+
+
+def is_access_token_live(claims: dict[str, Any]) -> bool:
+    """Not revoked by jti, and its grant (if any) still live: one query."""
+    jti = claims.get("jti")
+    gid = claims.get("gid")
+    if not isinstance(jti, str):
+        return False
+    revoked = exists().where(RevokedAccessToken.jti == jti)
+    if gid is None:
+        return not db.session.scalar(select(revoked))
+    if not isinstance(gid, str):
+        return False
+    grant_live = (select(Grant.id).where(Grant.gid == gid, Grant.revoked_at.is_(None),
+                                         Grant.expires_at > utcnow())
+                  .scalar_subquery())
+    row = db.session.execute(select(revoked, grant_live)).one()
+    return (not row[0]) and row[1] is not None
+
+
+def check_access_token(token: str) -> dict[str, Any] | None:
+    """Claims of an active access token (signature, expiry, revocation), else None."""
+    claims = decode_access_token(token)
+    if claims is None or not is_access_token_live(claims):
+        return None
+    return claims

@@ -1,0 +1,221 @@
+"""Protocol endpoints. Thin: parse the request, call Authlib or a service, answer."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    json,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+
+from idp import cache
+from idp.audit.services import Origin
+from idp.authn.views import current_login_session
+from idp.errors import api_view, json_error, page_error
+from idp.oauth import authorize as flow
+from idp.oauth.endpoints import userinfo_claims
+from idp.web import csrf
+
+bp = Blueprint("oauth", __name__)
+
+PENDING_SESSION_KEY = "authz"
+MAX_PENDING_PER_BROWSER = 5
+
+
+# --- authorization endpoint -------------------------------------------------------------------
+
+@bp.route("/authorize", methods=["GET", "POST"])
+@csrf.exempt
+def authorize() -> Response:
+    if request.method == "POST" and request.mimetype != "application/x-www-form-urlencoded":
+        return page_error(400, "Invalid request", "Send the authorization request as a form.")
+    source = request.args if request.method == "GET" else request.form
+    values = {k: source.getlist(k) for k in source}
+    try:
+        started = flow.start(values)
+        if isinstance(started, flow.ClientRedirect):
+            return _client_redirect(started)
+        handle, _ = started
+        _remember_pending(handle)
+        return _render(flow.resume(handle, current_login_session()))
+    except flow.AuthorizationPageError as exc:
+        return page_error(exc.status, _title(exc.error), exc.description)
+
+
+@bp.get("/authorize/continue")
+def authorize_continue() -> Response:
+    try:
+        handle = _bound_handle(request.args.get("h"))
+        return _render(flow.resume(handle, current_login_session()))
+    except flow.AuthorizationPageError as exc:
+        return page_error(exc.status, _title(exc.error), exc.description)
+
+
+@bp.post("/authorize/company")
+def authorize_company() -> Response:
+    try:
+        handle = _bound_handle(request.form.get("h"))
+        raw = request.form.get("company", "")
+        if not raw.isdigit():
+            raise flow.AuthorizationPageError("invalid_request", "Choose a company.")
+        outcome = flow.choose_company(handle, current_login_session(), int(raw))
+        return _render(outcome, after_post=True)
+    except flow.AuthorizationPageError as exc:
+        return page_error(exc.status, _title(exc.error), exc.description)
+
+
+@bp.post("/authorize/consent")
+def authorize_consent() -> Response:
+    try:
+        handle = _bound_handle(request.form.get("h"))
+        decision = request.form.get("decision")
+        if decision not in ("allow", "deny"):
+            raise flow.AuthorizationPageError("invalid_request", "Choose Allow or Deny.")
+        outcome = flow.decide_consent(handle, current_login_session(),
+                                      allow=decision == "allow", origin=_origin())
+        return _render(outcome, after_post=True)
+    except flow.AuthorizationPageError as exc:
+        return page_error(exc.status, _title(exc.error), exc.description)
+
+
+def _title(error: str) -> str:
+    return error.replace("_", " ").capitalize()
+
+
+def _origin() -> Origin:
+    return Origin(request.remote_addr, request.headers.get("User-Agent"))
+
+
+def _remember_pending(handle: str) -> None:
+    handles = [h for h in session.get(PENDING_SESSION_KEY, []) if isinstance(h, str)]
+    session[PENDING_SESSION_KEY] = [*handles[-(MAX_PENDING_PER_BROWSER - 1):], handle]
+
+
+def _bound_handle(handle: str | None) -> str:
+    """The handle, if this browser started that authorization (binding to the session)."""
+    if not handle or handle not in session.get(PENDING_SESSION_KEY, []):
+        raise flow.AuthorizationPageError(
+            "invalid_request", "This sign-in request belongs to another browser window or has "
+            "expired. Start again from the site you came from.")
+    return handle
+
+
+def _render(outcome: flow.Outcome, *, after_post: bool = False) -> Response:
+    if isinstance(outcome, flow.ClientRedirect):
+        return _client_redirect(outcome)
+    if isinstance(outcome, flow.NeedLogin):
+        target = url_for("authn.login", h=outcome.handle)
+        return redirect(target, 303)  # type: ignore[return-value]
+    if after_post:
+        # 303 after a POST: the page is shown by a GET.
+        return redirect(url_for("oauth.authorize_continue", h=outcome.handle), 303
+                        )  # type: ignore[return-value]
+    if isinstance(outcome, flow.NeedCompany):
+        html = render_template("oauth/choose_company.html", outcome=outcome)
+    else:
+        html = render_template("oauth/consent.html", outcome=outcome)
+    response = Response(html, mimetype="text/html")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _client_redirect(outcome: flow.ClientRedirect) -> Response:
+    params = [*outcome.params, ("iss", current_app.config["IDP"]["ISSUER"])]
+    if outcome.response_mode == "form_post":
+        html = render_template("oauth/form_post.html", action=outcome.redirect_uri,
+                               params=params)
+        response = Response(html, mimetype="text/html")
+        response.headers["Cache-Control"] = "no-store"
+        return response
+    parts = urlsplit(outcome.redirect_uri)
+    query = urlencode([*parse_qsl(parts.query, keep_blank_values=True), *params])
+    response = redirect(urlunsplit(parts._replace(query=query)), 303)
+    response.headers["Cache-Control"] = "no-store"
+    return response  # type: ignore[return-value]
+
+
+# --- token, introspection, revocation ---------------------------------------------------------
+
+def _check_form_post() -> Response | None:
+    """RFC 6749 §3.2: form-encoded body, no parameter twice, nothing in the query."""
+    if request.mimetype != "application/x-www-form-urlencoded":
+        return json_error(400, "invalid_request",
+                          "Send the request as application/x-www-form-urlencoded.")
+    if request.args:
+        return json_error(400, "invalid_request", "Send parameters in the body, not the URL.")
+    repeated = sorted(k for k in request.form if len(request.form.getlist(k)) > 1)
+    if repeated:
+        return json_error(400, "invalid_request",
+                          f"Parameters must not be repeated: {', '.join(repeated)}.")
+    cache.hit("source", request.remote_addr or "-",
+              limit=int(current_app.config["IDP"]["RATE_LIMIT_SOURCE_PER_MINUTE"]))
+    return None
+
+
+def _finish(response: Response) -> Response:
+    from idp.extensions import db
+
+    if response.status_code == 200:
+        db.session.commit()
+    else:
+        db.session.rollback()
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
+    return response
+
+
+@bp.post("/token")
+@csrf.exempt
+@api_view
+def token() -> Response:
+    from idp.oauth import authorization
+
+    return _check_form_post() or _finish(authorization.create_token_response())
+
+
+@bp.post("/introspect")
+@csrf.exempt
+@api_view
+def introspect() -> Response:
+    from idp.oauth import authorization
+
+    return _check_form_post() or _finish(authorization.create_endpoint_response("introspection"))
+
+
+@bp.post("/revoke")
+@csrf.exempt
+@api_view
+def revoke() -> Response:
+    from idp.oauth import authorization
+
+    return _check_form_post() or _finish(authorization.create_endpoint_response("revocation"))
+
+
+# --- userinfo ---------------------------------------------------------------------------------
+
+@bp.route("/userinfo", methods=["GET", "POST"])
+@csrf.exempt
+@api_view
+def userinfo() -> Response:
+    auth = request.headers.get("Authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return json_error(401, "invalid_request", "Send the access token as a Bearer header.",
+                          {"WWW-Authenticate": 'Bearer realm="corp-id"'})
+    claims = userinfo_claims(token.strip())
+    if claims is None:
+        return json_error(401, "invalid_token", "The access token is not active.",
+                          {"WWW-Authenticate": 'Bearer realm="corp-id", error="invalid_token"'})
+    response = Response(json.dumps(claims), mimetype="application/json")
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
+    return response
+
