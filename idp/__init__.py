@@ -31,6 +31,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
     app.config["SESSION_COOKIE_NAME"] = "__Host-corpid" if https else "corpid"
     logging.getLogger("idp").setLevel(settings["LOG_LEVEL"])
+    # Authlib logs whole token responses at debug level: never let secrets reach the logs.
+    logging.getLogger("authlib").setLevel(max(logging.INFO, logging.getLogger("authlib").level))
 
     if settings["DATABASE_URL"].startswith("sqlite:///"):
         (ROOT / "instance").mkdir(exist_ok=True)

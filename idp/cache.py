@@ -107,9 +107,9 @@ def _db_hit(key: str, window: int) -> int:
 def purge_expired() -> int:
     """Delete expired database entries (a periodic job; Redis expires its own)."""
     now = utcnow()
-    n = db.session.execute(delete(ReplayEntry).where(ReplayEntry.expires_at <= now)).rowcount
     window_now = int(time.time() // 60)
-    n += db.session.execute(delete(RateCounter).where(RateCounter.window < window_now - 60)
-                            ).rowcount
+    results = [db.session.execute(delete(ReplayEntry).where(ReplayEntry.expires_at <= now)),
+               db.session.execute(delete(RateCounter).where(RateCounter.window < window_now - 60))]
+    n = sum(int(getattr(r, "rowcount", 0) or 0) for r in results)
     db.session.commit()
     return int(n or 0)

@@ -53,7 +53,7 @@ DEFAULTS: dict[str, Any] = {
     # endpoints (0 disables).
     "RATE_LIMIT_CLIENT_PER_MINUTE": 60_000,
     # Requests allowed per source address per minute at the same endpoints (0 disables).
-    "RATE_LIMIT_SOURCE_PER_MINUTE": 0,
+    "RATE_LIMIT_SOURCE_PER_MINUTE": 30_000,
     # Largest request body accepted, in bytes (a fast 413 beyond it).
     "MAX_CONTENT_LENGTH": 64 * 1024,
     # Largest JWT (client assertion, id_token_hint, token to introspect) accepted, in bytes.

@@ -7,9 +7,9 @@ import hmac
 import secrets
 
 # Prefixes make leaked secrets recognisable by secret scanners and in support tickets.
-CLIENT_SECRET_PREFIX = "cis_"
+CLIENT_SECRET_PREFIX = "cis_"  # noqa: S105 - a prefix
 AUTHORIZATION_CODE_PREFIX = "cic_"
-REFRESH_TOKEN_PREFIX = "cir_"
+REFRESH_TOKEN_PREFIX = "cir_"  # noqa: S105 - a prefix
 INVITE_PREFIX = "cii_"
 SESSION_PREFIX = "cil_"
 

@@ -7,12 +7,11 @@ import datetime as dt
 from sqlalchemy import JSON, ForeignKey, Integer, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from idp.db import utcnow
-from idp.extensions import db
+from idp.db import Base, utcnow
 from idp.orgs.models import Person
 
 
-class SecurityKey(db.Model):
+class SecurityKey(Base):
     """A WebAuthn credential registered by a person."""
 
     __tablename__ = "security_keys"
@@ -35,7 +34,7 @@ class SecurityKey(db.Model):
     person: Mapped[Person] = relationship()
 
 
-class LoginSession(db.Model):
+class LoginSession(Base):
     """A person's sign-in at Corp ID; the browser holds a secret whose hash is stored here.
 
     ``sid`` is the public session identifier put in ID tokens and logout tokens.

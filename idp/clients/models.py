@@ -10,14 +10,13 @@ from authlib.oauth2.rfc6749 import ClientMixin
 from sqlalchemy import JSON, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from idp.db import str_enum, utcnow
+from idp.db import Base, str_enum, utcnow
 from idp.security import matches
-from idp.extensions import db
 
 
 class AuthMethod(enum.StrEnum):
-    CLIENT_SECRET_BASIC = "client_secret_basic"
-    CLIENT_SECRET_POST = "client_secret_post"
+    CLIENT_SECRET_BASIC = "client_secret_basic"  # noqa: S105 - a method name
+    CLIENT_SECRET_POST = "client_secret_post"  # noqa: S105 - a method name
     PRIVATE_KEY_JWT = "private_key_jwt"
     NONE = "none"
 
@@ -37,7 +36,7 @@ class ClientProfile(enum.StrEnum):
     FAPI2 = "fapi2"
 
 
-class Client(db.Model, ClientMixin):
+class Client(Base, ClientMixin):
     __tablename__ = "clients"
 
     id: Mapped[int] = mapped_column(primary_key=True)

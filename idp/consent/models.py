@@ -7,11 +7,10 @@ import datetime as dt
 from sqlalchemy import ForeignKey, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from idp.db import utcnow
-from idp.extensions import db
+from idp.db import Base, utcnow
 
 
-class Consent(db.Model):
+class Consent(Base):
     __tablename__ = "consents"
     __table_args__ = (UniqueConstraint("person_id", "company_id", "client_id"),)
 

@@ -61,7 +61,7 @@ def verify(token: str, *, issuer: str, typ: str | None = None, audience: str | N
     alg, key = found
     if header.get("alg") != alg:
         raise InvalidJWT("wrong alg")
-    options: dict[str, Any] = {"verify_aud": audience is not None, "verify_exp": verify_exp,
+    options: Any = {"verify_aud": audience is not None, "verify_exp": verify_exp,
                                "require": ["iss", "iat"] + (["exp"] if verify_exp else [])}
     try:
         claims: dict[str, Any] = jwt.decode(token, key, algorithms=[alg], issuer=issuer,

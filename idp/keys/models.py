@@ -8,11 +8,10 @@ from typing import Any
 from sqlalchemy import JSON, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from idp.db import utcnow
-from idp.extensions import db
+from idp.db import Base, utcnow
 
 
-class SigningKey(db.Model):
+class SigningKey(Base):
     """One signing key. Its state follows from its timestamps (see ``idp.keys.services``):
     next (before ``activates_at``), active, retired (after ``retired_at``), removed
     (``removed_at`` set, or no token it signed can still be valid)."""

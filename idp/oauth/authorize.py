@@ -99,8 +99,9 @@ def _error_redirect(error: OAuth2Error, params: dict[str, str],
         out.append(("error_description", error.get_error_description()))
     if params.get("state"):
         out.append(("state", params["state"]))
-    mode = params.get("response_mode") if params.get("response_mode") in ("query", "form_post") \
-        else "query"
+    mode = params.get("response_mode") or "query"
+    if mode not in ("query", "form_post"):
+        mode = "query"
     return ClientRedirect(redirect_uri, out, mode)
 
 
@@ -193,12 +194,12 @@ def active_companies(person: Person, client: Client) -> list[tuple[Company, list
 
 def resume(handle: str, session: LoginSession | None) -> Outcome:
     """Take the pending authorization as far as it can go for this browser session."""
+    from authlib.oauth2.rfc6749 import AccessDeniedError
     from authlib.oidc.core.errors import (
         AccountSelectionRequiredError,
         ConsentRequiredError,
         LoginRequiredError,
     )
-    from authlib.oauth2.rfc6749 import AccessDeniedError
 
     pending = find_pending(handle)
     prompts = _prompts(pending)

@@ -324,11 +324,11 @@ class PrivateKeyJWT(JWTBearerClientAssertion):
 
     def resolve_client_public_key(self, client: Client) -> KeySet:
         if client.jwks:
-            return KeySet.import_key_set(client.jwks)
+            return KeySet.import_key_set(client.jwks)  # type: ignore[arg-type]
         if client.jwks_uri:
             from idp.clients.jwks import fetch_client_jwks
 
-            return KeySet.import_key_set(fetch_client_jwks(client.jwks_uri))
+            return KeySet.import_key_set(fetch_client_jwks(client.jwks_uri))  # type: ignore[arg-type]
         from authlib.oauth2.rfc6749 import InvalidClientError
 
         raise InvalidClientError(description="The client has no registered keys.")

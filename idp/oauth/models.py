@@ -10,11 +10,10 @@ from authlib.oidc.core import AuthorizationCodeMixin
 from sqlalchemy import JSON, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from idp.db import utcnow
-from idp.extensions import db
+from idp.db import Base, utcnow
 
 
-class AuthorizationCode(db.Model, AuthorizationCodeMixin):
+class AuthorizationCode(Base, AuthorizationCodeMixin):
     __tablename__ = "authorization_codes"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -59,7 +58,7 @@ class AuthorizationCode(db.Model, AuthorizationCodeMixin):
         return list(self.amr)
 
 
-class Grant(db.Model):
+class Grant(Base):
     """What one authorization produced: a family of access and refresh tokens.
 
     Revoking the grant (directly, by refresh-token reuse, or because the person, security key,
@@ -90,7 +89,7 @@ class Grant(db.Model):
     revoked_reason: Mapped[str | None] = mapped_column(String(64))
 
 
-class RefreshToken(db.Model):
+class RefreshToken(Base):
     __tablename__ = "refresh_tokens"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -102,7 +101,7 @@ class RefreshToken(db.Model):
     rotated_at: Mapped[dt.datetime | None]
 
 
-class RevokedAccessToken(db.Model):
+class RevokedAccessToken(Base):
     """Access tokens revoked one by one (RFC 7009), kept until they would have expired."""
 
     __tablename__ = "revoked_access_tokens"
@@ -111,7 +110,7 @@ class RevokedAccessToken(db.Model):
     expires_at: Mapped[dt.datetime] = mapped_column(index=True)
 
 
-class ReplayEntry(db.Model):
+class ReplayEntry(Base):
     """Single-use values (client assertion jti...) when Redis is not configured."""
 
     __tablename__ = "replay_entries"
@@ -120,7 +119,7 @@ class ReplayEntry(db.Model):
     expires_at: Mapped[dt.datetime] = mapped_column(index=True)
 
 
-class RateCounter(db.Model):
+class RateCounter(Base):
     """Fixed-window rate-limit counters when Redis is not configured."""
 
     __tablename__ = "rate_counters"
@@ -130,7 +129,7 @@ class RateCounter(db.Model):
     count: Mapped[int] = mapped_column(Integer, default=0)
 
 
-class PendingAuthorization(db.Model):
+class PendingAuthorization(Base):
     """An authorization request waiting for sign-in, company choice or consent.
 
     The browser holds only an opaque handle (in its signed session cookie); login and consent

@@ -13,6 +13,7 @@ from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
 from flask import Response, current_app
 from flask import request as flask_request
 
+from idp import cache
 from idp.clients.models import Client
 from idp.extensions import db
 
@@ -91,6 +92,8 @@ class AuthorizationServer(FlaskAuthorizationServer):
         client: Client = super().authenticate_client(request, methods, endpoint)
         if not client.is_active:
             raise InvalidClientError(description="The client is disabled.")
+        cache.hit("client", client.client_id,
+                  limit=int(current_app.config["IDP"]["RATE_LIMIT_CLIENT_PER_MINUTE"]))
         return client
 
     def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:

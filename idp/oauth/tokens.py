@@ -30,7 +30,7 @@ from idp.oauth.models import Grant, RefreshToken, RevokedAccessToken
 from idp.orgs.models import Company, Membership, Person
 from idp.security import REFRESH_TOKEN_PREFIX, digest, new_secret
 
-ACCESS_TOKEN_TYP = "at+jwt"
+ACCESS_TOKEN_TYP = "at+jwt"  # noqa: S105 - a media type
 
 
 def _cfg(name: str) -> Any:
@@ -182,7 +182,7 @@ def revoke_grants(*, reason: str, actor: str = "system", person_id: int | None =
     """Revoke every live grant matching all the given filters (the caller commits).
 
     Used when a person, security key, session, membership or consent ends."""
-    filters = [Grant.revoked_at.is_(None)]
+    filters: list[Any] = [Grant.revoked_at.is_(None)]
     for column, value in ((Grant.person_id, person_id), (Grant.company_id, company_id),
                           (Grant.client_id, client_id), (Grant.session_id, session_id),
                           (Grant.security_key_id, security_key_id)):

@@ -137,9 +137,9 @@ def _client_redirect(outcome: flow.ClientRedirect) -> Response:
         return response
     parts = urlsplit(outcome.redirect_uri)
     query = urlencode([*parse_qsl(parts.query, keep_blank_values=True), *params])
-    response = redirect(urlunsplit(parts._replace(query=query)), 303)
-    response.headers["Cache-Control"] = "no-store"
-    return response  # type: ignore[return-value]
+    response = Response(status=303, headers={"Location": urlunsplit(parts._replace(query=query)),
+                                             "Cache-Control": "no-store"})
+    return response
 
 
 # --- token, introspection, revocation ---------------------------------------------------------

@@ -8,8 +8,7 @@ import enum
 from sqlalchemy import JSON, ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from idp.db import str_enum, new_public_id, utcnow
-from idp.extensions import db
+from idp.db import Base, new_public_id, str_enum, utcnow
 
 
 class PersonStatus(enum.StrEnum):
@@ -35,7 +34,7 @@ class Role(enum.StrEnum):
     MEMBER = "member"
 
 
-class Person(db.Model):
+class Person(Base):
     __tablename__ = "people"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -54,7 +53,7 @@ class Person(db.Model):
         return self.status is PersonStatus.ACTIVE
 
 
-class Company(db.Model):
+class Company(Base):
     __tablename__ = "companies"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -71,7 +70,7 @@ class Company(db.Model):
         return self.status in (CompanyStatus.LIVE, CompanyStatus.DORMANT)
 
 
-class Membership(db.Model):
+class Membership(Base):
     __tablename__ = "memberships"
     __table_args__ = (UniqueConstraint("person_id", "company_id"),)
 
@@ -92,7 +91,7 @@ class Membership(db.Model):
         return self.status is MembershipStatus.ACTIVE
 
 
-class Invitation(db.Model):
+class Invitation(Base):
     """A single-use enrolment link for a person to join a company; only its hash is stored."""
 
     __tablename__ = "invitations"
