@@ -43,13 +43,20 @@ def init_app(app: Flask) -> None:
         return {"csp_nonce": getattr(g, "csp_nonce", ""), "locale": current_locale()}
 
 
-def current_locale() -> str:
+def use_ui_locales(ui_locales: str | None) -> None:
+    """Choose the page language from an authorization request's ``ui_locales``."""
+    if ui_locales:
+        g.idp_locale = None
+        current_locale(ui_locales)
+
+
+def current_locale(ui_locales: str | None = None) -> str:
     """The page language: the first supported one in ``ui_locales``, else Accept-Language."""
     cached = getattr(g, "idp_locale", None)
     if cached:
         return str(cached)
     locale = "en"
-    requested = (request.values.get("ui_locales") or "").split()
+    requested = (ui_locales or request.values.get("ui_locales") or "").split()
     for tag in requested:
         if tag.lower().startswith("zh"):
             locale = "zh-Hant-HK"

@@ -47,6 +47,7 @@ class ClientRedirect:
 class NeedLogin:
     handle: str
     login_hint: str | None = None
+    ui_locales: str | None = None
 
 
 @dataclass
@@ -54,6 +55,7 @@ class NeedCompany:
     handle: str
     client: Client
     options: list[tuple[Company, list[str]]] = field(default_factory=list)
+    ui_locales: str | None = None
 
 
 @dataclass
@@ -62,6 +64,7 @@ class NeedConsent:
     client: Client
     company: Company
     scopes: list[str]
+    ui_locales: str | None = None
 
 
 Outcome = ClientRedirect | NeedLogin | NeedCompany | NeedConsent
@@ -175,12 +178,26 @@ def needs_login(pending: PendingAuthorization, session: LoginSession | None) -> 
     max_age = pending.params.get("max_age")
     if max_age is not None and (utcnow() - session.auth_time).total_seconds() > int(max_age):
         return True
-    hint_subject = pending.params.get("_hint_person")
-    if hint_subject and session.auth_time < pending.created_at:
-        person = db.session.get(Person, session.person_id)
-        if person is None or person.subject != hint_subject:
-            return True
+    if pending.params.get("id_token_hint") and session.auth_time < pending.created_at:
+        return not hint_matches(pending, session)
     return False
+
+
+def hint_matches(pending: PendingAuthorization, session: LoginSession) -> bool:
+    """Whether the ``id_token_hint`` names the signed-in person (OIDC Core 3.1.2.1)."""
+    from idp.keys import jws
+    from idp.oauth.claims import subject_for
+
+    client = db.session.get(Client, pending.client_id)
+    person = db.session.get(Person, session.person_id)
+    if client is None or person is None:
+        return False
+    try:
+        claims = jws.verify(pending.params["id_token_hint"],
+                            issuer=current_app.config["IDP"]["ISSUER"], verify_exp=False)
+    except jws.InvalidJWT:
+        return False
+    return bool(claims.get("sub") == subject_for(client, person))
 
 
 def active_companies(person: Person, client: Client) -> list[tuple[Company, list[str]]]:
@@ -210,7 +227,8 @@ def resume(handle: str, session: LoginSession | None) -> Outcome:
     if needs_login(pending, session):
         if "none" in prompts:
             return _fail(LoginRequiredError, "The person is not signed in.", pending)
-        return NeedLogin(handle, pending.params.get("login_hint"))
+        return NeedLogin(handle, pending.params.get("login_hint"),
+                         pending.params.get("ui_locales"))
     assert session is not None
     person = db.session.get(Person, session.person_id)
     assert person is not None
@@ -226,7 +244,7 @@ def resume(handle: str, session: LoginSession | None) -> Outcome:
         if "none" in prompts:
             return _fail(AccountSelectionRequiredError, "The person must choose a company.",
                          pending)
-        return NeedCompany(handle, client, options)
+        return NeedCompany(handle, client, options, pending.params.get("ui_locales"))
     company, roles = chosen
     scope = client.get_allowed_scope(pending.params.get("scope"))
     missing = consent.missing_scopes(person, company, client, scope)
@@ -235,7 +253,7 @@ def resume(handle: str, session: LoginSession | None) -> Outcome:
     if missing and pending.consented_at is None:
         if "none" in prompts:
             return _fail(ConsentRequiredError, "The person has not consented.", pending)
-        return NeedConsent(handle, client, company, missing)
+        return NeedConsent(handle, client, company, missing, pending.params.get("ui_locales"))
     return _issue_code(pending, session, person, company, roles)
 
 

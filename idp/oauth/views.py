@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from flask import (
@@ -22,7 +23,7 @@ from idp.authn.views import current_login_session
 from idp.errors import api_view, json_error, page_error
 from idp.oauth import authorize as flow
 from idp.oauth.endpoints import userinfo_claims
-from idp.web import csrf
+from idp.web import csrf, use_ui_locales
 
 bp = Blueprint("oauth", __name__)
 
@@ -112,12 +113,18 @@ def _render(outcome: flow.Outcome, *, after_post: bool = False) -> Response:
     if isinstance(outcome, flow.ClientRedirect):
         return _client_redirect(outcome)
     if isinstance(outcome, flow.NeedLogin):
-        target = url_for("authn.login", h=outcome.handle)
+        args: dict[str, Any] = {"h": outcome.handle}
+        if outcome.login_hint:
+            args["login_hint"] = outcome.login_hint
+        if outcome.ui_locales:
+            args["ui_locales"] = outcome.ui_locales
+        target = url_for("authn.login", **args)
         return redirect(target, 303)  # type: ignore[return-value]
     if after_post:
         # 303 after a POST: the page is shown by a GET.
         return redirect(url_for("oauth.authorize_continue", h=outcome.handle), 303
                         )  # type: ignore[return-value]
+    use_ui_locales(outcome.ui_locales)
     if isinstance(outcome, flow.NeedCompany):
         html = render_template("oauth/choose_company.html", outcome=outcome)
     else:

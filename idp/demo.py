@@ -1,0 +1,76 @@
+"""The demo: one company with an admin invitation and one relying party, created idempotently.
+
+Used by ``idp demo`` only; everything here goes through the domain services.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+
+from idp.clients import services as clients
+from idp.clients.models import Client
+from idp.errors import NotFoundError
+from idp.extensions import db
+from idp.orgs import services as orgs
+from idp.orgs.models import Role
+
+DEMO_BR_NUMBER = "12345678"
+DEMO_COMPANY_NAME = "Demo Trading Limited"
+DEMO_ADMIN_EMAIL = "admin@demo-trading.example"
+DEMO_CLIENT_NAME = "Corp ID demo relying party"
+DEMO_REDIRECT_URIS = ("http://localhost:8080/callback", "http://127.0.0.1:8080/callback")
+ACTOR = "operator:demo"
+
+
+@dataclass(frozen=True)
+class DemoSeed:
+    company_id: int
+    br_number: str
+    company_created: bool
+    invite_url: str | None
+    client_id: str
+    client_created: bool
+    redirect_uris: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"org_id": self.company_id, "br_number": self.br_number,
+                "company_created": self.company_created, "invite_url": self.invite_url,
+                "client_id": self.client_id, "client_created": self.client_created,
+                "redirect_uris": list(self.redirect_uris)}
+
+
+def seed_demo() -> DemoSeed:
+    """Make sure the demo company and the demo client exist.
+
+    A fresh admin invitation is issued while the company has no admin (tokens are stored only
+    hashed, so an earlier link cannot be shown again); ``invite_url`` is None once an admin has
+    enrolled. The demo client is public (PKCE, no secret), so it can be shown on every run.
+    """
+    try:
+        company = orgs.get_company_by_br(DEMO_BR_NUMBER)
+        company_created = False
+        token: str | None = None
+        if not orgs.has_admin(company):
+            _, token = orgs.create_invitation(company=company, email=DEMO_ADMIN_EMAIL,
+                                              roles=[Role.ADMIN.value], invited_by=ACTOR)
+    except NotFoundError:
+        company, _, token = orgs.create_org_with_admin(
+            br_number=DEMO_BR_NUMBER, name=DEMO_COMPANY_NAME, admin_email=DEMO_ADMIN_EMAIL,
+            actor=ACTOR)
+        company_created = True
+
+    client = db.session.scalar(select(Client).where(Client.name == DEMO_CLIENT_NAME)
+                               .order_by(Client.id).limit(1))
+    client_created = client is None
+    if client is None:
+        client, _ = clients.create_client(
+            name=DEMO_CLIENT_NAME, redirect_uris=list(DEMO_REDIRECT_URIS), auth_method="none",
+            post_logout_redirect_uris=["http://localhost:8080/"], actor=ACTOR)
+    return DemoSeed(company_id=company.id, br_number=company.br_number,
+                    company_created=company_created,
+                    invite_url=orgs.invite_url(token) if token else None,
+                    client_id=client.client_id, client_created=client_created,
+                    redirect_uris=tuple(client.redirect_uris))
