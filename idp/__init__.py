@@ -16,8 +16,12 @@ from idp.extensions import db
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """The app factory. ``config`` overrides settings (keys as in ``idp.config.DEFAULTS``)."""
     settings = load_config(config)
-    app = Flask(__name__, template_folder=str(ROOT / "templates"),
-                static_folder=str(ROOT / "static"), instance_path=str(ROOT / "instance"))
+    app = Flask(
+        __name__,
+        template_folder=str(ROOT / "templates"),
+        static_folder=str(ROOT / "static"),
+        instance_path=str(ROOT / "instance"),
+    )
     app.config["IDP"] = settings
     app.config["SQLALCHEMY_DATABASE_URI"] = settings["DATABASE_URL"]
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = _engine_options(settings["DATABASE_URL"])
@@ -61,8 +65,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 def _engine_options(url: str) -> dict[str, Any]:
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": 15}}
-    return {"pool_size": 10, "max_overflow": 20, "pool_pre_ping": False,
-            "pool_recycle": 3600}
+    return {"pool_size": 10, "max_overflow": 20, "pool_pre_ping": False, "pool_recycle": 3600}
 
 
 @event.listens_for(Engine, "connect")

@@ -26,8 +26,9 @@ def init_app(app: Flask) -> None:
     if url:
         import redis
 
-        app.extensions["idp.redis"] = redis.Redis.from_url(url, socket_timeout=2,
-                                                           socket_connect_timeout=2)
+        app.extensions["idp.redis"] = redis.Redis.from_url(
+            url, socket_timeout=2, socket_connect_timeout=2
+        )
     else:
         app.extensions["idp.redis"] = None
 
@@ -52,8 +53,9 @@ def use_once(namespace: str, value: str, *, ttl: int) -> bool:
     now = utcnow()
     expires = now + dt.timedelta(seconds=max(1, ttl))
     # An expired entry may be reused: delete it first (only when expired).
-    db.session.execute(delete(ReplayEntry).where(ReplayEntry.key == key,
-                                                 ReplayEntry.expires_at <= now))
+    db.session.execute(
+        delete(ReplayEntry).where(ReplayEntry.key == key, ReplayEntry.expires_at <= now)
+    )
     try:
         with db.session.begin_nested():
             db.session.execute(insert(ReplayEntry).values(key=key, expires_at=expires))
@@ -89,16 +91,20 @@ def hit(namespace: str, value: str, *, limit: int, window: int = 60) -> None:
 
 def _db_hit(key: str, window: int) -> int:
     result = db.session.execute(
-        update(RateCounter).where(RateCounter.key == key, RateCounter.window == window)
-        .values(count=RateCounter.count + 1))
+        update(RateCounter)
+        .where(RateCounter.key == key, RateCounter.window == window)
+        .values(count=RateCounter.count + 1)
+    )
     if getattr(result, "rowcount", 0) == 0:
         try:
             with db.session.begin_nested():
                 db.session.execute(insert(RateCounter).values(key=key, window=window, count=1))
         except IntegrityError:
             db.session.execute(
-                update(RateCounter).where(RateCounter.key == key)
-                .values(count=RateCounter.count + 1))
+                update(RateCounter)
+                .where(RateCounter.key == key)
+                .values(count=RateCounter.count + 1)
+            )
     count = db.session.scalar(select(RateCounter.count).where(RateCounter.key == key)) or 0
     db.session.commit()
     return int(count)
@@ -108,8 +114,10 @@ def purge_expired() -> int:
     """Delete expired database entries (a periodic job; Redis expires its own)."""
     now = utcnow()
     window_now = int(time.time() // 60)
-    results = [db.session.execute(delete(ReplayEntry).where(ReplayEntry.expires_at <= now)),
-               db.session.execute(delete(RateCounter).where(RateCounter.window < window_now - 60))]
+    results = [
+        db.session.execute(delete(ReplayEntry).where(ReplayEntry.expires_at <= now)),
+        db.session.execute(delete(RateCounter).where(RateCounter.window < window_now - 60)),
+    ]
     n = sum(int(getattr(r, "rowcount", 0) or 0) for r in results)
     db.session.commit()
     return int(n or 0)

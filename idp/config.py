@@ -66,8 +66,17 @@ DEFAULTS: dict[str, Any] = {
     "LOG_LEVEL": "INFO",
 }
 
-_BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
-         "off": False, "": False}
+_BOOL = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+    "": False,
+}
 
 
 def _coerce(name: str, default: Any, raw: str) -> Any:
@@ -84,8 +93,9 @@ def _coerce(name: str, default: Any, raw: str) -> Any:
     return raw
 
 
-def load_config(overrides: dict[str, Any] | None = None,
-                environ: dict[str, str] | None = None) -> dict[str, Any]:
+def load_config(
+    overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Return the settings: defaults, then ``IDP_*`` variables, then ``overrides``."""
     env = os.environ if environ is None else environ
     config = dict(DEFAULTS)

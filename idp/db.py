@@ -62,5 +62,11 @@ def new_public_id(nbytes: int = 16) -> str:
 
 def str_enum(cls: type[enum.Enum], name: str) -> Enum:
     """An enum column stored by value in a plain string column (no native enum type)."""
-    return Enum(cls, name=name, native_enum=False, values_callable=lambda e: [m.value for m in e],
-                validate_strings=True, length=32)
+    return Enum(
+        cls,
+        name=name,
+        native_enum=False,
+        values_callable=lambda e: [m.value for m in e],
+        validate_strings=True,
+        length=32,
+    )

@@ -81,8 +81,9 @@ def wants_json() -> bool:
     return best == "application/json"
 
 
-def json_error(status: int, error: str, description: str,
-               headers: dict[str, str] | None = None) -> Response:
+def json_error(
+    status: int, error: str, description: str, headers: dict[str, str] | None = None
+) -> Response:
     body = json.dumps({"error": error, "error_description": description})
     response = Response(body, status=status, mimetype="application/json")
     response.headers.update(API_HEADERS)
@@ -92,15 +93,15 @@ def json_error(status: int, error: str, description: str,
 
 
 def page_error(status: int, title: str, description: str) -> Response:
-    html = render_template("errors/error.html", status=status, title=title,
-                           description=description)
+    html = render_template("errors/error.html", status=status, title=title, description=description)
     response = Response(html, status=status, mimetype="text/html")
     response.headers["Cache-Control"] = "no-store"
     return response
 
 
-def _respond(status: int, error: str, description: str,
-             headers: dict[str, str] | None = None) -> Response:
+def _respond(
+    status: int, error: str, description: str, headers: dict[str, str] | None = None
+) -> Response:
     if status >= 500:
         log.error("server error %s: %s", error, description)
     else:
@@ -124,8 +125,12 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(OAuth2Error)
     def handle_oauth_error(exc: OAuth2Error) -> Response:
         headers = {k: v for k, v in exc.get_headers() if k.lower() == "www-authenticate"}
-        return _respond(exc.status_code or 400, exc.error or "invalid_request",
-                        exc.get_error_description() or "", headers)
+        return _respond(
+            exc.status_code or 400,
+            exc.error or "invalid_request",
+            exc.get_error_description() or "",
+            headers,
+        )
 
     @app.errorhandler(HTTPException)
     def handle_http_error(exc: HTTPException) -> Response:

@@ -18,8 +18,11 @@ from idp.oauth.discovery import AS_METADATA_PATH, DISCOVERY_PATH, PATHS, metadat
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
-_COMMON = [("Content-Type", "application/json"), ("Access-Control-Allow-Origin", "*"),
-           ("X-Content-Type-Options", "nosniff")]
+_COMMON = [
+    ("Content-Type", "application/json"),
+    ("Access-Control-Allow-Origin", "*"),
+    ("X-Content-Type-Options", "nosniff"),
+]
 
 
 class StaticDocuments:
@@ -29,8 +32,7 @@ class StaticDocuments:
         self.metadata = metadata_document(app.config["IDP"]["ISSUER"])
         self.jwks_path = PATHS["jwks_uri"]
 
-    def __call__(self, environ: dict[str, Any], start_response: StartResponse
-                 ) -> Iterable[bytes]:
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path in (DISCOVERY_PATH, AS_METADATA_PATH):
             body, max_age = self.metadata, 3600
@@ -41,8 +43,14 @@ class StaticDocuments:
         method = environ.get("REQUEST_METHOD", "GET")
         if method not in ("GET", "HEAD"):
             return self.wsgi_app(environ, start_response)
-        start_response("200 OK", [*_COMMON, ("Content-Length", str(len(body))),
-                                  ("Cache-Control", f"public, max-age={max_age}")])
+        start_response(
+            "200 OK",
+            [
+                *_COMMON,
+                ("Content-Length", str(len(body))),
+                ("Cache-Control", f"public, max-age={max_age}"),
+            ],
+        )
         return [b""] if method == "HEAD" else [body]
 
     def _jwks(self) -> bytes:

@@ -34,8 +34,9 @@ def init_app(app: Flask) -> None:
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")
         if request.is_secure:
-            response.headers.setdefault("Strict-Transport-Security",
-                                        "max-age=63072000; includeSubDomains")
+            response.headers.setdefault(
+                "Strict-Transport-Security", "max-age=63072000; includeSubDomains"
+            )
         return response
 
     @app.context_processor

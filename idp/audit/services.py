@@ -20,14 +20,26 @@ class Origin:
     user_agent: str | None = None
 
 
-def record(tag: str, *, actor: str, subject: str | None = None, origin: Origin | None = None,
-           company_id: int | None = None, details: dict[str, Any] | None = None) -> AuditEvent:
+def record(
+    tag: str,
+    *,
+    actor: str,
+    subject: str | None = None,
+    origin: Origin | None = None,
+    company_id: int | None = None,
+    details: dict[str, Any] | None = None,
+) -> AuditEvent:
     """Add an audit event to the current transaction (the caller commits). Never put secrets
     in ``details``."""
-    event = AuditEvent(tag=tag, actor=actor, subject=subject, company_id=company_id,
-                       ip_address=origin.ip_address if origin else None,
-                       user_agent=(origin.user_agent or "")[:300] if origin else None,
-                       details=details or {})
+    event = AuditEvent(
+        tag=tag,
+        actor=actor,
+        subject=subject,
+        company_id=company_id,
+        ip_address=origin.ip_address if origin else None,
+        user_agent=(origin.user_agent or "")[:300] if origin else None,
+        details=details or {},
+    )
     db.session.add(event)
     log.info("audit %s actor=%s subject=%s", tag, actor, subject)
     return event

@@ -47,7 +47,8 @@ class LoginSession(Base):
     secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
     person_id: Mapped[int] = mapped_column(ForeignKey("people.id", ondelete="CASCADE"), index=True)
     security_key_id: Mapped[int | None] = mapped_column(
-        ForeignKey("security_keys.id", ondelete="SET NULL"), index=True)
+        ForeignKey("security_keys.id", ondelete="SET NULL"), index=True
+    )
     auth_time: Mapped[dt.datetime]
     acr: Mapped[str] = mapped_column(String(64))
     amr: Mapped[list[str]] = mapped_column(JSON, default=list)

@@ -21,20 +21,39 @@ from idp.orgs.models import Person
 from idp.security import SESSION_PREFIX, digest, new_secret
 
 
-def start_session(*, person: Person, security_key_id: int | None, acr: str, amr: list[str],
-                  origin: Origin | None = None) -> tuple[LoginSession, str]:
+def start_session(
+    *,
+    person: Person,
+    security_key_id: int | None,
+    acr: str,
+    amr: list[str],
+    origin: Origin | None = None,
+) -> tuple[LoginSession, str]:
     """Create a session for ``person``. Returns ``(session, secret)``; the secret goes in the
     cookie and only its digest is stored. Committed."""
     cfg = current_app.config["IDP"]
     now = utcnow()
     secret = new_secret(SESSION_PREFIX)
-    session = LoginSession(sid=new_public_id(), secret_hash=digest(secret), person_id=person.id,
-                           security_key_id=security_key_id, auth_time=now, acr=acr,
-                           amr=list(amr), created_at=now, last_seen_at=now,
-                           expires_at=now + dt.timedelta(seconds=int(cfg["SESSION_ABSOLUTE_TTL"])))
+    session = LoginSession(
+        sid=new_public_id(),
+        secret_hash=digest(secret),
+        person_id=person.id,
+        security_key_id=security_key_id,
+        auth_time=now,
+        acr=acr,
+        amr=list(amr),
+        created_at=now,
+        last_seen_at=now,
+        expires_at=now + dt.timedelta(seconds=int(cfg["SESSION_ABSOLUTE_TTL"])),
+    )
     db.session.add(session)
-    record("authn:session:start", actor=f"person:{person.subject}", subject=f"sid:{session.sid}",
-           origin=origin, details={"acr": acr, "amr": list(amr)})
+    record(
+        "authn:session:start",
+        actor=f"person:{person.subject}",
+        subject=f"sid:{session.sid}",
+        origin=origin,
+        details={"acr": acr, "amr": list(amr)},
+    )
     db.session.commit()
     return session, secret
 
@@ -43,11 +62,16 @@ def find_session(secret: str | None) -> LoginSession | None:
     """The live session for a cookie secret, or None (unknown, ended, idle or too old).
 
     Touches ``last_seen_at`` at most once a minute."""
-    if not secret or not isinstance(secret, str) or not secret.startswith(SESSION_PREFIX) \
-            or len(secret) > 100:
+    if (
+        not secret
+        or not isinstance(secret, str)
+        or not secret.startswith(SESSION_PREFIX)
+        or len(secret) > 100
+    ):
         return None
-    session = db.session.scalars(select(LoginSession).where(
-        LoginSession.secret_hash == digest(secret))).first()
+    session = db.session.scalars(
+        select(LoginSession).where(LoginSession.secret_hash == digest(secret))
+    ).first()
     if session is None or session.ended_at is not None:
         return None
     now = utcnow()
@@ -63,13 +87,21 @@ def find_session(secret: str | None) -> LoginSession | None:
     return session
 
 
-def end_session(session: LoginSession, *, reason: str, actor: str,
-                origin: Origin | None = None) -> None:
+def end_session(
+    session: LoginSession, *, reason: str, actor: str, origin: Origin | None = None
+) -> None:
     """End a session and revoke the tokens issued under it. Committed."""
-    db.session.execute(update(LoginSession).where(LoginSession.id == session.id,
-                                                  LoginSession.ended_at.is_(None))
-                       .values(ended_at=utcnow()))
+    db.session.execute(
+        update(LoginSession)
+        .where(LoginSession.id == session.id, LoginSession.ended_at.is_(None))
+        .values(ended_at=utcnow())
+    )
     tokens.revoke_grants(reason=reason, actor=actor, session_id=session.id)
-    record("authn:session:end", actor=actor, subject=f"sid:{session.sid}", origin=origin,
-           details={"reason": reason})
+    record(
+        "authn:session:end",
+        actor=actor,
+        subject=f"sid:{session.sid}",
+        origin=origin,
+        details={"reason": reason},
+    )
     db.session.commit()

@@ -24,9 +24,15 @@ def set_session_cookie(response: Response, secret: str) -> None:
     """Put a (renewed) session secret in the browser: HttpOnly, SameSite=Lax, Secure and
     ``__Host-`` on https."""
     https = str(current_app.config["IDP"]["ISSUER"]).startswith("https://")
-    response.set_cookie(session_cookie_name(), secret, httponly=True, samesite="Lax",
-                        secure=https, path="/",
-                        max_age=int(current_app.config["IDP"]["SESSION_ABSOLUTE_TTL"]))
+    response.set_cookie(
+        session_cookie_name(),
+        secret,
+        httponly=True,
+        samesite="Lax",
+        secure=https,
+        path="/",
+        max_age=int(current_app.config["IDP"]["SESSION_ABSOLUTE_TTL"]),
+    )
 
 
 @bp.get("/login")

@@ -28,8 +28,7 @@ def fetch_client_jwks(uri: str) -> dict[str, Any]:
             response.raise_for_status()
             body = response.raw.read(_MAX_BYTES + 1, decode_content=True)
     except requests.RequestException as exc:
-        raise InvalidClientError(description="The client's jwks_uri could not be fetched.") \
-            from exc
+        raise InvalidClientError(description="The client's jwks_uri could not be fetched.") from exc
     if len(body) > _MAX_BYTES:
         raise InvalidClientError(description="The client's JWKS is too large.")
     try:
@@ -38,7 +37,8 @@ def fetch_client_jwks(uri: str) -> dict[str, Any]:
         raise InvalidClientError(description="The client's JWKS is not JSON.") from None
     keys = jwks.get("keys") if isinstance(jwks, dict) else None
     if not isinstance(keys, list) or any(
-            not isinstance(k, dict) or k.get("kty") == "oct" or "d" in k for k in keys):
+        not isinstance(k, dict) or k.get("kty") == "oct" or "d" in k for k in keys
+    ):
         raise InvalidClientError(description="The client's JWKS is not a public key set.")
     _cache[uri] = (time.monotonic() + _TTL, jwks)
     return jwks

@@ -53,14 +53,17 @@ class Client(Base, ClientMixin):
     scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
     grant_types: Mapped[list[str]] = mapped_column(JSON, default=list)
     id_token_alg: Mapped[str] = mapped_column(String(16), default="RS256")
-    subject_type: Mapped[SubjectType] = mapped_column(str_enum(SubjectType, "subject_type"),
-                                                      default=SubjectType.PUBLIC)
+    subject_type: Mapped[SubjectType] = mapped_column(
+        str_enum(SubjectType, "subject_type"), default=SubjectType.PUBLIC
+    )
     # Host of the redirect URIs (or a registered sector identifier) for pairwise subjects.
     sector_identifier: Mapped[str | None] = mapped_column(String(255))
-    profile: Mapped[ClientProfile] = mapped_column(str_enum(ClientProfile, "client_profile"),
-                                                   default=ClientProfile.BASIC)
-    status: Mapped[ClientStatus] = mapped_column(str_enum(ClientStatus, "client_status"),
-                                                 default=ClientStatus.ACTIVE)
+    profile: Mapped[ClientProfile] = mapped_column(
+        str_enum(ClientProfile, "client_profile"), default=ClientProfile.BASIC
+    )
+    status: Mapped[ClientStatus] = mapped_column(
+        str_enum(ClientStatus, "client_status"), default=ClientStatus.ACTIVE
+    )
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -16,10 +16,10 @@ class Consent(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     person_id: Mapped[int] = mapped_column(ForeignKey("people.id", ondelete="CASCADE"))
-    company_id: Mapped[int] = mapped_column(ForeignKey("companies.id", ondelete="CASCADE"),
-                                            index=True)
-    client_id: Mapped[int] = mapped_column(ForeignKey("clients.id", ondelete="CASCADE"),
-                                           index=True)
+    company_id: Mapped[int] = mapped_column(
+        ForeignKey("companies.id", ondelete="CASCADE"), index=True
+    )
+    client_id: Mapped[int] = mapped_column(ForeignKey("clients.id", ondelete="CASCADE"), index=True)
     # Space-separated granted scopes.
     scopes: Mapped[str] = mapped_column(Text, default="")
     purpose: Mapped[str | None] = mapped_column(String(500))

@@ -17,9 +17,13 @@ NO_CONSENT_SCOPES = frozenset({"openid"})
 
 
 def _find(person: Person, company: Company, client: Client) -> Consent | None:
-    return db.session.scalars(select(Consent).where(
-        Consent.person_id == person.id, Consent.company_id == company.id,
-        Consent.client_id == client.id)).first()
+    return db.session.scalars(
+        select(Consent).where(
+            Consent.person_id == person.id,
+            Consent.company_id == company.id,
+            Consent.client_id == client.id,
+        )
+    ).first()
 
 
 def granted_scopes(person: Person, company: Company, client: Client) -> set[str]:
@@ -38,22 +42,34 @@ def missing_scopes(person: Person, company: Company, client: Client, scope: str)
     return [s for s in dict.fromkeys(scope.split()) if s not in granted]
 
 
-def grant_consent(*, person: Person, company: Company, client: Client, scopes: list[str],
-                  origin: Origin | None = None) -> Consent:
+def grant_consent(
+    *,
+    person: Person,
+    company: Company,
+    client: Client,
+    scopes: list[str],
+    origin: Origin | None = None,
+) -> Consent:
     """Record consent to ``scopes`` (added to what was granted before). Committed."""
     consent = _find(person, company, client)
     now = utcnow()
     if consent is None:
-        consent = Consent(person_id=person.id, company_id=company.id, client_id=client.id,
-                          scopes="")
+        consent = Consent(
+            person_id=person.id, company_id=company.id, client_id=client.id, scopes=""
+        )
         db.session.add(consent)
     previous = set() if consent.revoked_at else set(consent.scopes.split())
     consent.scopes = " ".join(sorted(previous | set(scopes)))
     consent.revoked_at = None
     consent.updated_at = now
-    record("consent:consent:grant", actor=f"person:{person.subject}",
-           subject=f"client:{client.client_id}", company_id=company.id, origin=origin,
-           details={"scopes": sorted(scopes)})
+    record(
+        "consent:consent:grant",
+        actor=f"person:{person.subject}",
+        subject=f"client:{client.client_id}",
+        company_id=company.id,
+        origin=origin,
+        details={"scopes": sorted(scopes)},
+    )
     db.session.commit()
     return consent
 
@@ -61,8 +77,18 @@ def grant_consent(*, person: Person, company: Company, client: Client, scopes: l
 def revoke_consent(consent: Consent, *, actor: str, origin: Origin | None = None) -> None:
     """Revoke a consent and every token issued under it. Committed."""
     consent.revoked_at = utcnow()
-    tokens.revoke_grants(reason="consent_revoked", actor=actor, person_id=consent.person_id,
-                         company_id=consent.company_id, client_id=consent.client_id)
-    record("consent:consent:revoke", actor=actor, subject=f"consent:{consent.id}",
-           company_id=consent.company_id, origin=origin)
+    tokens.revoke_grants(
+        reason="consent_revoked",
+        actor=actor,
+        person_id=consent.person_id,
+        company_id=consent.company_id,
+        client_id=consent.client_id,
+    )
+    record(
+        "consent:consent:revoke",
+        actor=actor,
+        subject=f"consent:{consent.id}",
+        company_id=consent.company_id,
+        origin=origin,
+    )
     db.session.commit()

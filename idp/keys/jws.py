@@ -16,8 +16,12 @@ import jwt
 
 from idp.keys import services
 
-HASH_FOR_ALG = {"RS256": hashlib.sha256, "PS256": hashlib.sha256, "ES256": hashlib.sha256,
-                "EdDSA": hashlib.sha512}
+HASH_FOR_ALG = {
+    "RS256": hashlib.sha256,
+    "PS256": hashlib.sha256,
+    "ES256": hashlib.sha256,
+    "EdDSA": hashlib.sha512,
+}
 
 
 class InvalidJWT(Exception):
@@ -41,8 +45,15 @@ def half_hash(value: str, *, alg: str) -> str:
     return base64.urlsafe_b64encode(digest[: len(digest) // 2]).rstrip(b"=").decode()
 
 
-def verify(token: str, *, issuer: str, typ: str | None = None, audience: str | None = None,
-           max_length: int = 8192, verify_exp: bool = True) -> dict[str, Any]:
+def verify(
+    token: str,
+    *,
+    issuer: str,
+    typ: str | None = None,
+    audience: str | None = None,
+    max_length: int = 8192,
+    verify_exp: bool = True,
+) -> dict[str, Any]:
     """Check a JWT we issued and return its claims, or raise ``InvalidJWT``."""
     if not isinstance(token, str) or len(token) > max_length or token.count(".") != 2:
         raise InvalidJWT("not a compact JWS")
@@ -61,11 +72,21 @@ def verify(token: str, *, issuer: str, typ: str | None = None, audience: str | N
     alg, key = found
     if header.get("alg") != alg:
         raise InvalidJWT("wrong alg")
-    options: Any = {"verify_aud": audience is not None, "verify_exp": verify_exp,
-                               "require": ["iss", "iat"] + (["exp"] if verify_exp else [])}
+    options: Any = {
+        "verify_aud": audience is not None,
+        "verify_exp": verify_exp,
+        "require": ["iss", "iat"] + (["exp"] if verify_exp else []),
+    }
     try:
-        claims: dict[str, Any] = jwt.decode(token, key, algorithms=[alg], issuer=issuer,
-                                            audience=audience, options=options, leeway=0)
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key,
+            algorithms=[alg],
+            issuer=issuer,
+            audience=audience,
+            options=options,
+            leeway=0,
+        )
     except (jwt.PyJWTError, ValueError) as exc:
         raise InvalidJWT(str(exc)) from exc
     return claims

@@ -46,6 +46,7 @@ PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519Public
 
 # --- secrets derived from IDP_SECRET_KEY or kept under keys/ ---------------------------------
 
+
 def derive_secret(config: dict[str, Any], purpose: str) -> bytes:
     """Return 32 bytes for ``purpose`` ("kek", "flask", "pairwise"...).
 
@@ -54,8 +55,12 @@ def derive_secret(config: dict[str, Any], purpose: str) -> bytes:
     """
     secret = config.get("SECRET_KEY") or ""
     if secret:
-        return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"corp-id",
-                    info=f"corp-id/{purpose}/v1".encode()).derive(secret.encode())
+        return HKDF(
+            algorithm=hashes.SHA256(),
+            length=32,
+            salt=b"corp-id",
+            info=f"corp-id/{purpose}/v1".encode(),
+        ).derive(secret.encode())
     folder = Path(config["KEYS_DIR"])
     path = folder / f"{purpose}.key"
     try:
@@ -76,6 +81,7 @@ def derive_secret(config: dict[str, Any], purpose: str) -> bytes:
 
 
 # --- process caches ---------------------------------------------------------------------------
+
 
 class _Cache:
     """Per-process caches. Holds only what any worker can rebuild from the database."""
@@ -110,6 +116,7 @@ def init_app(app: Flask) -> None:
 
 # --- generation and encryption ----------------------------------------------------------------
 
+
 def _generate(alg: str) -> PrivateKey:
     if alg in ("RS256", "PS256"):
         return rsa.generate_private_key(public_exponent=65537, key_size=3072)
@@ -138,8 +145,9 @@ def _kek() -> AESGCM:
 
 
 def _encrypt(private: PrivateKey, *, kid: str) -> bytes:
-    der = private.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+    der = private.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     nonce = secrets.token_bytes(12)
     return nonce + _kek().encrypt(nonce, der, kid.encode())
 
@@ -147,13 +155,15 @@ def _encrypt(private: PrivateKey, *, kid: str) -> bytes:
 def _decrypt(blob: bytes, *, kid: str) -> PrivateKey:
     der = _kek().decrypt(blob[:12], blob[12:], kid.encode())
     key = serialization.load_der_private_key(der, password=None)
-    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
-                      | ed25519.Ed25519PrivateKey):
+    if not isinstance(
+        key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+    ):
         raise RuntimeError(f"key {kid} has an unsupported type")
     return key
 
 
 # --- state ------------------------------------------------------------------------------------
+
 
 def _max_token_lifetime() -> int:
     cfg = current_app.config["IDP"]
@@ -184,7 +194,9 @@ class KeyInfo:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "kid": self.kid, "alg": self.alg, "state": self.state,
+            "kid": self.kid,
+            "alg": self.alg,
+            "state": self.state,
             "created_at": self.created_at.isoformat(),
             "activates_at": self.activates_at.isoformat(),
             "retired_at": self.retired_at.isoformat() if self.retired_at else None,
@@ -195,25 +207,35 @@ def list_keys(*, include_removed: bool = False) -> list[KeyInfo]:
     """Every key with its state, newest first."""
     now = utcnow()
     keys = db.session.scalars(select(SigningKey).order_by(SigningKey.created_at.desc())).all()
-    infos = [KeyInfo(k.kid, k.alg, key_state(k, now), k.created_at, k.activates_at, k.retired_at)
-             for k in keys]
+    infos = [
+        KeyInfo(k.kid, k.alg, key_state(k, now), k.created_at, k.activates_at, k.retired_at)
+        for k in keys
+    ]
     return [i for i in infos if include_removed or i.state != "removed"]
 
 
-def create_key(alg: str, *, activates_at: dt.datetime | None = None,
-               actor: str = "system") -> SigningKey:
+def create_key(
+    alg: str, *, activates_at: dt.datetime | None = None, actor: str = "system"
+) -> SigningKey:
     """Generate a key for ``alg`` and store it encrypted. Returns the new key (committed)."""
     if alg not in SUPPORTED_ALGS:
         raise ValidationError(f"unsupported algorithm {alg!r}; use one of {SUPPORTED_ALGS}")
     private = _generate(alg)
     kid = f"{alg.lower()}-{utcnow():%Y%m%d}-{secrets.token_hex(4)}"
-    key = SigningKey(kid=kid, alg=alg, public_jwk=public_jwk(private.public_key(), kid=kid,
-                                                             alg=alg),
-                     private_key_encrypted=_encrypt(private, kid=kid),
-                     activates_at=activates_at or utcnow())
+    key = SigningKey(
+        kid=kid,
+        alg=alg,
+        public_jwk=public_jwk(private.public_key(), kid=kid, alg=alg),
+        private_key_encrypted=_encrypt(private, kid=kid),
+        activates_at=activates_at or utcnow(),
+    )
     db.session.add(key)
-    record("keys:key:create", actor=actor, subject=f"key:{kid}",
-           details={"alg": alg, "activates_at": key.activates_at.isoformat()})
+    record(
+        "keys:key:create",
+        actor=actor,
+        subject=f"key:{kid}",
+        details={"alg": alg, "activates_at": key.activates_at.isoformat()},
+    )
     db.session.commit()
     clear_caches()
     return key
@@ -227,8 +249,9 @@ def ensure_keys(actor: str = "system") -> list[str]:
     return [create_key(alg, actor=actor).kid for alg in SUPPORTED_ALGS if alg not in have]
 
 
-def rotate(alg: str | None = None, *, overlap: int | None = None,
-           actor: str = "system") -> list[SigningKey]:
+def rotate(
+    alg: str | None = None, *, overlap: int | None = None, actor: str = "system"
+) -> list[SigningKey]:
     """Start a rotation for ``alg`` (every algorithm if None).
 
     The new key is published at once and signs from ``now + overlap`` seconds; the key it
@@ -245,13 +268,20 @@ def rotate(alg: str | None = None, *, overlap: int | None = None,
     for a in algs:
         if a not in SUPPORTED_ALGS:
             raise ValidationError(f"unsupported algorithm {a!r}")
-        current = [k for k in db.session.scalars(select(SigningKey).where(SigningKey.alg == a))
-                   if key_state(k, now) in ("active", "next")]
+        current = [
+            k
+            for k in db.session.scalars(select(SigningKey).where(SigningKey.alg == a))
+            if key_state(k, now) in ("active", "next")
+        ]
         new = create_key(a, activates_at=activates_at, actor=actor)
         for old in current:
             old.retired_at = activates_at
-            record("keys:key:retire", actor=actor, subject=f"key:{old.kid}",
-                   details={"retires_at": activates_at.isoformat(), "replaced_by": new.kid})
+            record(
+                "keys:key:retire",
+                actor=actor,
+                subject=f"key:{old.kid}",
+                details={"retires_at": activates_at.isoformat(), "replaced_by": new.kid},
+            )
         db.session.commit()
         created.append(new)
     clear_caches()
@@ -270,8 +300,11 @@ def retire(kid: str, *, actor: str = "system") -> SigningKey:
         raise NotFoundError(f"no key {kid!r}")
     if key_state(key, now) in ("retired", "removed"):
         raise ConflictError(f"key {kid} is already {key_state(key, now)}")
-    others = [k for k in db.session.scalars(select(SigningKey).where(SigningKey.alg == key.alg))
-              if k.kid != kid and key_state(k, now) in ("active", "next")]
+    others = [
+        k
+        for k in db.session.scalars(select(SigningKey).where(SigningKey.alg == key.alg))
+        if k.kid != kid and key_state(k, now) in ("active", "next")
+    ]
     if not others:
         raise ConflictError(f"{kid} is the only {key.alg} key; rotate before retiring it")
     key.retired_at = now
@@ -283,6 +316,7 @@ def retire(kid: str, *, actor: str = "system") -> SigningKey:
 
 # --- use --------------------------------------------------------------------------------------
 
+
 def _cache_ttl() -> float:
     return float(current_app.config["IDP"]["JWKS_CACHE_TTL"])
 
@@ -293,8 +327,11 @@ def signing_key(alg: str) -> tuple[str, PrivateKey]:
     cached = _cache.signing.get(alg)
     if cached is None or cached[0] <= now_mono:
         now = utcnow()
-        candidates = [k for k in db.session.scalars(
-            select(SigningKey).where(SigningKey.alg == alg)) if key_state(k, now) == "active"]
+        candidates = [
+            k
+            for k in db.session.scalars(select(SigningKey).where(SigningKey.alg == alg))
+            if key_state(k, now) == "active"
+        ]
         if not candidates:
             raise RuntimeError(f"no active {alg} signing key; run `idp init` or `idp keys rotate`")
         best = max(candidates, key=lambda k: k.activates_at)

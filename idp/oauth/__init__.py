@@ -19,9 +19,10 @@ from idp.oauth.grants import (
 from idp.oauth.server import AuthorizationServer
 
 authorization = AuthorizationServer()
-authorization.register_grant(AuthorizationCodeGrant, [S256CodeChallenge(required=True),
-                                                      OpenIDConnectCode(),
-                                                      AuthorizationChecks()])
+authorization.register_grant(
+    AuthorizationCodeGrant,
+    [S256CodeChallenge(required=True), OpenIDConnectCode(), AuthorizationChecks()],
+)
 authorization.register_grant(RefreshTokenGrant)
 authorization.register_grant(ClientCredentialsGrant)
 authorization.register_endpoint(Introspection)

@@ -34,6 +34,7 @@ PENDING_PREFIX = "cia_"
 
 # --- outcomes ---------------------------------------------------------------------------------
 
+
 @dataclass
 class ClientRedirect:
     """Send the browser back to the client with ``params`` (iss added by the view)."""
@@ -82,6 +83,7 @@ class AuthorizationPageError(Exception):
 
 # --- helpers ----------------------------------------------------------------------------------
 
+
 def _server() -> Any:
     from idp.oauth import authorization
 
@@ -92,11 +94,13 @@ def _request_uri() -> str:
     return str(current_app.config["IDP"]["ISSUER"]) + "/authorize"
 
 
-def _error_redirect(error: OAuth2Error, params: dict[str, str],
-                    redirect_uri: str | None) -> ClientRedirect:
+def _error_redirect(
+    error: OAuth2Error, params: dict[str, str], redirect_uri: str | None
+) -> ClientRedirect:
     if not redirect_uri:
-        raise AuthorizationPageError(error.error or "invalid_request",
-                                     error.get_error_description() or "Invalid request.")
+        raise AuthorizationPageError(
+            error.error or "invalid_request", error.get_error_description() or "Invalid request."
+        )
     out = [("error", error.error or "invalid_request")]
     if error.get_error_description():
         out.append(("error_description", error.get_error_description()))
@@ -108,15 +112,18 @@ def _error_redirect(error: OAuth2Error, params: dict[str, str],
     return ClientRedirect(redirect_uri, out, mode)
 
 
-def _fail(error_cls: type[OAuth2Error], description: str, pending: PendingAuthorization
-          ) -> ClientRedirect:
+def _fail(
+    error_cls: type[OAuth2Error], description: str, pending: PendingAuthorization
+) -> ClientRedirect:
     pending.completed_at = utcnow()
     db.session.commit()
-    return _error_redirect(error_cls(description), pending.params,
-                           pending.params.get("redirect_uri"))
+    return _error_redirect(
+        error_cls(description), pending.params, pending.params.get("redirect_uri")
+    )
 
 
 # --- start ------------------------------------------------------------------------------------
+
 
 def start(values: dict[str, list[str]]) -> tuple[str, PendingAuthorization] | ClientRedirect:
     """Validate an authorization request. Returns ``(handle, pending)`` for a valid request
@@ -125,8 +132,9 @@ def start(values: dict[str, list[str]]) -> tuple[str, PendingAuthorization] | Cl
     params = {k: v[0] for k, v in values.items() if v}
     duplicated = sorted(k for k, v in values.items() if len(v) > 1)
     if any(k in ("client_id", "redirect_uri") for k in duplicated):
-        raise AuthorizationPageError("invalid_request",
-                                     "The request repeats client_id or redirect_uri.")
+        raise AuthorizationPageError(
+            "invalid_request", "The request repeats client_id or redirect_uri."
+        )
     request = StoredOAuth2Request(params, _request_uri())
     server = _server()
     try:
@@ -136,13 +144,18 @@ def start(values: dict[str, list[str]]) -> tuple[str, PendingAuthorization] | Cl
     if duplicated:
         from authlib.oauth2.rfc6749 import InvalidRequestError
 
-        return _error_redirect(InvalidRequestError(
-            f"Parameters must not be repeated: {', '.join(duplicated)}."), params,
-            grant.redirect_uri)
+        return _error_redirect(
+            InvalidRequestError(f"Parameters must not be repeated: {', '.join(duplicated)}."),
+            params,
+            grant.redirect_uri,
+        )
     handle = new_secret(PENDING_PREFIX, 24)
     pending = PendingAuthorization(
-        handle_hash=digest(handle), client_id=request.client.id, params=params,
-        expires_at=utcnow() + dt.timedelta(seconds=PENDING_TTL))
+        handle_hash=digest(handle),
+        client_id=request.client.id,
+        params=params,
+        expires_at=utcnow() + dt.timedelta(seconds=PENDING_TTL),
+    )
     db.session.add(pending)
     db.session.commit()
     return handle, pending
@@ -151,18 +164,25 @@ def start(values: dict[str, list[str]]) -> tuple[str, PendingAuthorization] | Cl
 def find_pending(handle: str | None) -> PendingAuthorization:
     """The live pending authorization for a handle, or ``AuthorizationPageError``."""
     if not handle or not handle.startswith(PENDING_PREFIX) or len(handle) > 100:
-        raise AuthorizationPageError("invalid_request", "This sign-in request is not known. "
-                                     "Start again from the site you came from.")
-    pending = db.session.scalars(select(PendingAuthorization).where(
-        PendingAuthorization.handle_hash == digest(handle))).first()
+        raise AuthorizationPageError(
+            "invalid_request",
+            "This sign-in request is not known. Start again from the site you came from.",
+        )
+    pending = db.session.scalars(
+        select(PendingAuthorization).where(PendingAuthorization.handle_hash == digest(handle))
+    ).first()
     if pending is None or pending.completed_at is not None or pending.expires_at <= utcnow():
-        raise AuthorizationPageError("invalid_request", "This sign-in request has expired or "
-                                     "was already used. Start again from the site you came "
-                                     "from.")
+        raise AuthorizationPageError(
+            "invalid_request",
+            "This sign-in request has expired or "
+            "was already used. Start again from the site you came "
+            "from.",
+        )
     return pending
 
 
 # --- resume -----------------------------------------------------------------------------------
+
 
 def _prompts(pending: PendingAuthorization) -> set[str]:
     return set(pending.params.get("prompt", "").split())
@@ -193,8 +213,11 @@ def hint_matches(pending: PendingAuthorization, session: LoginSession) -> bool:
     if client is None or person is None:
         return False
     try:
-        claims = jws.verify(pending.params["id_token_hint"],
-                            issuer=current_app.config["IDP"]["ISSUER"], verify_exp=False)
+        claims = jws.verify(
+            pending.params["id_token_hint"],
+            issuer=current_app.config["IDP"]["ISSUER"],
+            verify_exp=False,
+        )
     except jws.InvalidJWT:
         return False
     return bool(claims.get("sub") == subject_for(client, person))
@@ -203,9 +226,11 @@ def hint_matches(pending: PendingAuthorization, session: LoginSession) -> bool:
 def active_companies(person: Person, client: Client) -> list[tuple[Company, list[str]]]:
     """Companies ``person`` may act for at ``client``: active membership, company live."""
     rows = db.session.execute(
-        select(Company, Membership.roles).join(Membership, Membership.company_id == Company.id)
+        select(Company, Membership.roles)
+        .join(Membership, Membership.company_id == Company.id)
         .where(Membership.person_id == person.id, Membership.status == "active")
-        .order_by(Company.name_en)).all()
+        .order_by(Company.name_en)
+    ).all()
     return [(company, list(roles)) for company, roles in rows if company.is_active]
 
 
@@ -222,13 +247,13 @@ def resume(handle: str, session: LoginSession | None) -> Outcome:
     prompts = _prompts(pending)
     client = db.session.get(Client, pending.client_id)
     if client is None or not client.is_active:
-        raise AuthorizationPageError("unauthorized_client", "This service is no longer "
-                                     "registered with Corp ID.")
+        raise AuthorizationPageError(
+            "unauthorized_client", "This service is no longer registered with Corp ID."
+        )
     if needs_login(pending, session):
         if "none" in prompts:
             return _fail(LoginRequiredError, "The person is not signed in.", pending)
-        return NeedLogin(handle, pending.params.get("login_hint"),
-                         pending.params.get("ui_locales"))
+        return NeedLogin(handle, pending.params.get("login_hint"), pending.params.get("ui_locales"))
     assert session is not None
     person = db.session.get(Person, session.person_id)
     assert person is not None
@@ -242,8 +267,9 @@ def resume(handle: str, session: LoginSession | None) -> Outcome:
         chosen = options[0]
     if chosen is None:
         if "none" in prompts:
-            return _fail(AccountSelectionRequiredError, "The person must choose a company.",
-                         pending)
+            return _fail(
+                AccountSelectionRequiredError, "The person must choose a company.", pending
+            )
         return NeedCompany(handle, client, options, pending.params.get("ui_locales"))
     company, roles = chosen
     scope = client.get_allowed_scope(pending.params.get("scope"))
@@ -273,8 +299,9 @@ def choose_company(handle: str, session: LoginSession | None, company_id: int) -
     return resume(handle, session)
 
 
-def decide_consent(handle: str, session: LoginSession | None, *, allow: bool,
-                   origin: Any = None) -> Outcome:
+def decide_consent(
+    handle: str, session: LoginSession | None, *, allow: bool, origin: Any = None
+) -> Outcome:
     """Allow records the consent for what the pending request asks; Deny returns
     ``access_denied`` to the client."""
     from authlib.oauth2.rfc6749 import AccessDeniedError
@@ -288,15 +315,25 @@ def decide_consent(handle: str, session: LoginSession | None, *, allow: bool,
     assert session is not None
     person = db.session.get(Person, session.person_id)
     assert person is not None
-    consent.grant_consent(person=person, company=outcome.company, client=outcome.client,
-                          scopes=outcome.scopes, origin=origin)
+    consent.grant_consent(
+        person=person,
+        company=outcome.company,
+        client=outcome.client,
+        scopes=outcome.scopes,
+        origin=origin,
+    )
     pending.consented_at = utcnow()
     db.session.commit()
     return resume(handle, session)
 
 
-def _issue_code(pending: PendingAuthorization, session: LoginSession, person: Person,
-                company: Company, roles: list[str]) -> ClientRedirect:
+def _issue_code(
+    pending: PendingAuthorization,
+    session: LoginSession,
+    person: Person,
+    company: Company,
+    roles: list[str],
+) -> ClientRedirect:
     server = _server()
     request = StoredOAuth2Request(pending.params, _request_uri())
     try:
@@ -306,10 +343,16 @@ def _issue_code(pending: PendingAuthorization, session: LoginSession, person: Pe
         pending.completed_at = utcnow()
         db.session.commit()
         return _error_redirect(error, pending.params, error.redirect_uri)
-    principal = Principal(person=person, company=company, roles=roles, sid=session.sid,
-                          auth_time=int(session.auth_time.timestamp()), acr=session.acr,
-                          amr=list(session.amr),
-                          claims_request=parse_claims_request(pending.params.get("claims")))
+    principal = Principal(
+        person=person,
+        company=company,
+        roles=roles,
+        sid=session.sid,
+        auth_time=int(session.auth_time.timestamp()),
+        acr=session.acr,
+        amr=list(session.amr),
+        claims_request=parse_claims_request(pending.params.get("claims")),
+    )
     pending.completed_at = utcnow()
     _, params, _ = grant.create_authorization_response(redirect_uri, principal)
     mode = pending.params.get("response_mode") or "query"

@@ -63,8 +63,12 @@ def check_id_token_hint(params: dict[str, Any], client: Any) -> None:
     if not hint:
         return
     try:
-        claims = jws.verify(hint, issuer=current_app.config["IDP"]["ISSUER"], verify_exp=False,
-                            max_length=int(current_app.config["IDP"]["MAX_JWT_LENGTH"]))
+        claims = jws.verify(
+            hint,
+            issuer=current_app.config["IDP"]["ISSUER"],
+            verify_exp=False,
+            max_length=int(current_app.config["IDP"]["MAX_JWT_LENGTH"]),
+        )
     except jws.InvalidJWT:
         raise InvalidRequestError("The 'id_token_hint' is not an ID token we issued.") from None
     audience = claims.get("aud")
@@ -74,8 +78,13 @@ def check_id_token_hint(params: dict[str, Any], client: Any) -> None:
 
 
 CHECKS: tuple[Callable[[dict[str, Any], Any], None], ...] = (
-    check_lengths, check_request_object, check_response_mode, check_prompt, check_max_age,
-    check_claims, check_id_token_hint,
+    check_lengths,
+    check_request_object,
+    check_response_mode,
+    check_prompt,
+    check_max_age,
+    check_claims,
+    check_id_token_hint,
 )
 
 

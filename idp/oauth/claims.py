@@ -74,8 +74,9 @@ def parse_claims_request(raw: str | None) -> dict[str, Any] | None:
     except ValueError:
         raise InvalidRequestError("The 'claims' parameter is not valid JSON.") from None
     if not isinstance(value, dict) or not set(value) <= {"userinfo", "id_token"}:
-        raise InvalidRequestError("The 'claims' parameter must be an object with 'userinfo' "
-                                  "and/or 'id_token' members.")
+        raise InvalidRequestError(
+            "The 'claims' parameter must be an object with 'userinfo' and/or 'id_token' members."
+        )
     for member in value.values():
         if member is not None and not isinstance(member, dict):
             raise InvalidRequestError("Each member of 'claims' must be an object.")
@@ -85,8 +86,9 @@ def parse_claims_request(raw: str | None) -> dict[str, Any] | None:
     return value
 
 
-def requested_claim_names(scope: str, claims_request: dict[str, Any] | None,
-                          target: str) -> set[str]:
+def requested_claim_names(
+    scope: str, claims_request: dict[str, Any] | None, target: str
+) -> set[str]:
     """Names of user claims to release to ``target`` ("userinfo" or "id_token")."""
     scopes = set(scope.split())
     names = {c for s in scopes for c in SCOPE_CLAIMS.get(s, ())}
@@ -108,6 +110,9 @@ def user_claims(principal: Principal, client: Client, scope: str, target: str) -
             # Enrolment consumes an invitation sent to this address.
             claims["email_verified"] = True
         elif name == "corp":
-            claims["corp"] = {"br_number": company.br_number, "name": company.name_en,
-                              "roles": sorted(principal.roles)}
+            claims["corp"] = {
+                "br_number": company.br_number,
+                "name": company.name_en,
+                "roles": sorted(principal.roles),
+            }
     return claims

@@ -11,8 +11,23 @@ from typing import Any
 from idp.keys.services import SUPPORTED_ALGS
 
 SCOPES = ("openid", "profile", "email", "corp", "offline_access")
-CLAIMS = ("sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "acr", "amr", "sid",
-          "at_hash", "name", "email", "email_verified", "corp")
+CLAIMS = (
+    "sub",
+    "iss",
+    "aud",
+    "exp",
+    "iat",
+    "auth_time",
+    "nonce",
+    "acr",
+    "amr",
+    "sid",
+    "at_hash",
+    "name",
+    "email",
+    "email_verified",
+    "corp",
+)
 CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
 CLIENT_ASSERTION_ALGS = ("RS256", "PS256", "ES256", "EdDSA")
 ACR_VALUES = ("phrh",)
@@ -44,7 +59,8 @@ def provider_metadata(issuer: str) -> dict[str, Any]:
         "token_endpoint_auth_methods_supported": list(CLIENT_AUTH_METHODS),
         "token_endpoint_auth_signing_alg_values_supported": list(CLIENT_ASSERTION_ALGS),
         "introspection_endpoint_auth_methods_supported": [
-            m for m in CLIENT_AUTH_METHODS if m != "none"],
+            m for m in CLIENT_AUTH_METHODS if m != "none"
+        ],
         "introspection_endpoint_auth_signing_alg_values_supported": list(CLIENT_ASSERTION_ALGS),
         "revocation_endpoint_auth_methods_supported": list(CLIENT_AUTH_METHODS),
         "revocation_endpoint_auth_signing_alg_values_supported": list(CLIENT_ASSERTION_ALGS),

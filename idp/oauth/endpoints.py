@@ -37,14 +37,16 @@ class PresentedToken:
 
     def is_revoked(self) -> bool:
         if self.refresh is not None:
-            return self.refresh.is_revoked() or self.refresh.grant.expires_at <= \
-                tokens.utcnow()
+            return self.refresh.is_revoked() or self.refresh.grant.expires_at <= tokens.utcnow()
         return not tokens.is_access_token_live(self.access_claims or {})
 
 
 def find_presented_token(token: Any, hint: str | None) -> PresentedToken | None:
-    if not isinstance(token, str) or not token or len(token) > int(
-            current_app.config["IDP"]["MAX_JWT_LENGTH"]):
+    if (
+        not isinstance(token, str)
+        or not token
+        or len(token) > int(current_app.config["IDP"]["MAX_JWT_LENGTH"])
+    ):
         return None
     if token.startswith(REFRESH_TOKEN_PREFIX):
         found = tokens.find_refresh_token(token)
@@ -61,25 +63,42 @@ def find_presented_token(token: Any, hint: str | None) -> PresentedToken | None:
 class Introspection(IntrospectionEndpoint):
     CLIENT_AUTH_METHODS = [m for m in ALL_AUTH_METHODS if m != "none"]
 
-    def query_token(self, token_string: str, token_type_hint: str | None
-                    ) -> PresentedToken | None:
+    def query_token(self, token_string: str, token_type_hint: str | None) -> PresentedToken | None:
         return find_presented_token(token_string, token_type_hint)
 
-    def check_permission(self, token: PresentedToken, client: Client,
-                         request: OAuth2Request) -> bool:
+    def check_permission(
+        self, token: PresentedToken, client: Client, request: OAuth2Request
+    ) -> bool:
         # Only the client a token was issued to learns anything about it.
         return token.check_client(client)
 
     def introspect_token(self, token: PresentedToken) -> dict[str, Any]:
         if token.refresh is not None:
             grant = token.refresh.grant
-            return {"active": True, "token_type": "refresh_token", "client_id": token.client_id,
-                    "scope": grant.scope, "exp": int(grant.expires_at.timestamp()),
-                    "iss": current_app.config["IDP"]["ISSUER"]}
+            return {
+                "active": True,
+                "token_type": "refresh_token",
+                "client_id": token.client_id,
+                "scope": grant.scope,
+                "exp": int(grant.expires_at.timestamp()),
+                "iss": current_app.config["IDP"]["ISSUER"],
+            }
         claims = dict(token.access_claims or {})
         payload: dict[str, Any] = {"active": True, "token_type": "Bearer"}
-        for name in ("scope", "client_id", "sub", "aud", "iss", "exp", "iat", "jti",
-                     "auth_time", "acr", "amr", "sid"):
+        for name in (
+            "scope",
+            "client_id",
+            "sub",
+            "aud",
+            "iss",
+            "exp",
+            "iat",
+            "jti",
+            "auth_time",
+            "acr",
+            "amr",
+            "sid",
+        ):
             if name in claims:
                 payload[name] = claims[name]
         gid = claims.get("gid")
@@ -107,19 +126,24 @@ def _corp_claim(gid: str) -> dict[str, Any]:
 class Revocation(RevocationEndpoint):
     CLIENT_AUTH_METHODS = ALL_AUTH_METHODS
 
-    def query_token(self, token_string: str, token_type_hint: str | None
-                    ) -> PresentedToken | None:
+    def query_token(self, token_string: str, token_type_hint: str | None) -> PresentedToken | None:
         return find_presented_token(token_string, token_type_hint)
 
     def revoke_token(self, token: PresentedToken, request: OAuth2Request) -> None:
         if token.refresh is not None:
             # Revoking a refresh token ends its whole family, access tokens included.
-            tokens.revoke_grant(token.refresh.grant.id, reason="revoked_by_client",
-                                actor=f"client:{token.client_id}")
+            tokens.revoke_grant(
+                token.refresh.grant.id,
+                reason="revoked_by_client",
+                actor=f"client:{token.client_id}",
+            )
         elif token.access_claims is not None:
             tokens.revoke_access_token(token.access_claims)
-            record("oauth:token:revoke", actor=f"client:{token.client_id}",
-                   subject=f"jti:{token.access_claims.get('jti')}")
+            record(
+                "oauth:token:revoke",
+                actor=f"client:{token.client_id}",
+                subject=f"jti:{token.access_claims.get('jti')}",
+            )
             db.session.commit()
 
 

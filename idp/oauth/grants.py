@@ -42,13 +42,21 @@ def _cfg(name: str) -> Any:
 
 # --- token generator --------------------------------------------------------------------------
 
-def generate_token(grant_type: str, client: Client, user: Principal | None = None,
-                   scope: str | None = None, expires_in: int | None = None,
-                   include_refresh_token: bool = True) -> dict[str, Any]:
-    access_token, ttl = tokens.issue_access_token(client=client, scope=scope or "",
-                                                  principal=user)
-    token: dict[str, Any] = {"access_token": access_token, "token_type": "Bearer",
-                             "expires_in": ttl}
+
+def generate_token(
+    grant_type: str,
+    client: Client,
+    user: Principal | None = None,
+    scope: str | None = None,
+    expires_in: int | None = None,
+    include_refresh_token: bool = True,
+) -> dict[str, Any]:
+    access_token, ttl = tokens.issue_access_token(client=client, scope=scope or "", principal=user)
+    token: dict[str, Any] = {
+        "access_token": access_token,
+        "token_type": "Bearer",
+        "expires_in": ttl,
+    }
     if scope:
         token["scope"] = scope
     if include_refresh_token and user is not None and user.grant_id is not None:
@@ -60,6 +68,7 @@ def generate_token(grant_type: str, client: Client, user: Principal | None = Non
 
 # --- PKCE -------------------------------------------------------------------------------------
 
+
 class S256CodeChallenge(CodeChallenge):
     """PKCE with S256, required of every client (SECURITY.md), not only public ones."""
 
@@ -69,8 +78,9 @@ class S256CodeChallenge(CodeChallenge):
     def validate_code_challenge(self, grant: Any, redirect_uri: str) -> None:
         data = grant.request.payload.data
         if not data.get("code_challenge"):
-            raise InvalidRequestError("PKCE is required: send 'code_challenge' with "
-                                      "'code_challenge_method=S256'.")
+            raise InvalidRequestError(
+                "PKCE is required: send 'code_challenge' with 'code_challenge_method=S256'."
+            )
         if data.get("code_challenge_method") != "S256":
             raise InvalidRequestError("Only 'code_challenge_method=S256' is supported.")
         super().validate_code_challenge(grant, redirect_uri)
@@ -78,18 +88,19 @@ class S256CodeChallenge(CodeChallenge):
     def get_authorization_code_challenge(self, authorization_code: AuthorizationCode) -> str:
         return authorization_code.code_challenge
 
-    def get_authorization_code_challenge_method(self, authorization_code: AuthorizationCode
-                                                ) -> str:
+    def get_authorization_code_challenge_method(self, authorization_code: AuthorizationCode) -> str:
         return authorization_code.code_challenge_method
 
 
 # --- authorization code -----------------------------------------------------------------------
 
+
 class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = ALL_AUTH_METHODS
 
-    def create_authorization_response(self, redirect_uri: str, grant_user: Principal
-                                      ) -> tuple[int, Any, list[tuple[str, str]]]:
+    def create_authorization_response(
+        self, redirect_uri: str, grant_user: Principal
+    ) -> tuple[int, Any, list[tuple[str, str]]]:
         """Issue the code; the view turns the parameters into a query or form_post response
         with ``iss`` (RFC 9207)."""
         self.request.user = grant_user
@@ -109,42 +120,61 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         auth_time = dt.datetime.fromtimestamp(principal.auth_time or time.time(), dt.UTC)
         session_id = None
         if principal.sid:
-            session_id = db.session.scalar(select(LoginSession.id).where(
-                LoginSession.sid == principal.sid))
-        db.session.add(AuthorizationCode(
-            code_hash=digest(code), client_id=request.client.id,
-            person_id=principal.person.id, company_id=principal.company.id,
-            session_id=session_id, redirect_uri=request.payload.redirect_uri,
-            scope=request.scope or "", nonce=data.get("nonce"),
-            code_challenge=data["code_challenge"],
-            code_challenge_method=data.get("code_challenge_method", "S256"),
-            auth_time=auth_time, acr=principal.acr, amr=list(principal.amr),
-            claims_request=principal.claims_request,
-            expires_at=utcnow() + dt.timedelta(seconds=int(_cfg("CODE_TTL")))))
+            session_id = db.session.scalar(
+                select(LoginSession.id).where(LoginSession.sid == principal.sid)
+            )
+        db.session.add(
+            AuthorizationCode(
+                code_hash=digest(code),
+                client_id=request.client.id,
+                person_id=principal.person.id,
+                company_id=principal.company.id,
+                session_id=session_id,
+                redirect_uri=request.payload.redirect_uri,
+                scope=request.scope or "",
+                nonce=data.get("nonce"),
+                code_challenge=data["code_challenge"],
+                code_challenge_method=data.get("code_challenge_method", "S256"),
+                auth_time=auth_time,
+                acr=principal.acr,
+                amr=list(principal.amr),
+                claims_request=principal.claims_request,
+                expires_at=utcnow() + dt.timedelta(seconds=int(_cfg("CODE_TTL"))),
+            )
+        )
         db.session.commit()
 
     def query_authorization_code(self, code: str, client: Client) -> AuthorizationCode | None:
         """Claim the code atomically for this redemption. A code presented again revokes the
         tokens issued from it (RFC 6749 §4.1.2); two racing redemptions cannot both win."""
-        if not isinstance(code, str) or not code.startswith(AUTHORIZATION_CODE_PREFIX) \
-                or len(code) > 100:
+        if (
+            not isinstance(code, str)
+            or not code.startswith(AUTHORIZATION_CODE_PREFIX)
+            or len(code) > 100
+        ):
             return None
-        row = db.session.scalars(select(AuthorizationCode).where(
-            AuthorizationCode.code_hash == digest(code))).first()
+        row = db.session.scalars(
+            select(AuthorizationCode).where(AuthorizationCode.code_hash == digest(code))
+        ).first()
         if row is None or row.client_id != client.id:
             return None
         now = utcnow()
         claimed = db.session.execute(
             update(AuthorizationCode)
-            .where(AuthorizationCode.id == row.id, AuthorizationCode.used_at.is_(None),
-                   AuthorizationCode.expires_at > now)
-            .values(used_at=now))
+            .where(
+                AuthorizationCode.id == row.id,
+                AuthorizationCode.used_at.is_(None),
+                AuthorizationCode.expires_at > now,
+            )
+            .values(used_at=now)
+        )
         if getattr(claimed, "rowcount", 0) != 1:
             db.session.rollback()
             row = db.session.get(AuthorizationCode, row.id)
             if row is not None and row.used_at is not None and row.grant_id is not None:
-                tokens.revoke_grant(row.grant_id, reason="code_reuse",
-                                    actor=f"client:{client.client_id}")
+                tokens.revoke_grant(
+                    row.grant_id, reason="code_reuse", actor=f"client:{client.client_id}"
+                )
             return None
         return row
 
@@ -167,11 +197,17 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
                 return None
             security_key_id = session.security_key_id
         grant = tokens.create_grant(
-            client=self.request.client, person=person, company=company,
-            scope=authorization_code.scope, session_id=authorization_code.session_id,
-            security_key_id=security_key_id, auth_time=authorization_code.auth_time,
-            acr=authorization_code.acr, amr=list(authorization_code.amr),
-            claims_request=authorization_code.claims_request)
+            client=self.request.client,
+            person=person,
+            company=company,
+            scope=authorization_code.scope,
+            session_id=authorization_code.session_id,
+            security_key_id=security_key_id,
+            auth_time=authorization_code.auth_time,
+            acr=authorization_code.acr,
+            amr=list(authorization_code.amr),
+            claims_request=authorization_code.claims_request,
+        )
         principal = tokens.principal_for_grant(grant)
         if principal is None:
             return None
@@ -194,19 +230,25 @@ class OpenIDConnectCode(OpenIDCode):
         return False
 
     def encode_id_token(self, token: dict[str, Any], request: OAuth2Request) -> str:
-        return build_id_token(client=request.client, principal=request.user,
-                              scope=token.get("scope", ""),
-                              nonce=getattr(request.authorization_code, "nonce", None),
-                              access_token=token.get("access_token"))
+        return build_id_token(
+            client=request.client,
+            principal=request.user,
+            scope=token.get("scope", ""),
+            nonce=getattr(request.authorization_code, "nonce", None),
+            access_token=token.get("access_token"),
+        )
 
 
-def build_id_token(*, client: Client, principal: Principal, scope: str, nonce: str | None,
-                   access_token: str | None) -> str:
+def build_id_token(
+    *, client: Client, principal: Principal, scope: str, nonce: str | None, access_token: str | None
+) -> str:
     """Sign an ID token (OIDC Core 2) for ``principal`` with the client's algorithm."""
     alg = client.id_token_alg or "RS256"
     now = int(time.time())
     claims: dict[str, Any] = {
-        "iss": _cfg("ISSUER"), "aud": client.client_id, "iat": now,
+        "iss": _cfg("ISSUER"),
+        "aud": client.client_id,
+        "iat": now,
         "exp": now + int(_cfg("ID_TOKEN_TTL")),
     }
     claims.update(user_claims(principal, client, scope, "id_token"))
@@ -227,6 +269,7 @@ def build_id_token(*, client: Client, principal: Principal, scope: str, nonce: s
 
 # --- refresh token ----------------------------------------------------------------------------
 
+
 class RefreshTokenGrant(grants.RefreshTokenGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = ALL_AUTH_METHODS
     INCLUDE_NEW_REFRESH_TOKEN = True
@@ -246,8 +289,9 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
     def authenticate_user(self, refresh_token: tokens.RefreshTokenRecord) -> Principal | None:
         principal = tokens.principal_for_grant(refresh_token.grant)
         if principal is None:
-            raise InvalidGrantError("The person, company or membership behind this refresh "
-                                    "token is no longer active.")
+            raise InvalidGrantError(
+                "The person, company or membership behind this refresh token is no longer active."
+            )
         if not tokens.rotate_refresh_token(refresh_token):
             raise InvalidGrantError("The refresh token was already used.")
         return principal
@@ -258,9 +302,9 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
 
 # --- client credentials -----------------------------------------------------------------------
 
+
 class ClientCredentialsGrant(grants.ClientCredentialsGrant):
-    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post",
-                                   "private_key_jwt"]
+    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
 
     def validate_token_request(self) -> None:
         super().validate_token_request()
@@ -271,6 +315,7 @@ class ClientCredentialsGrant(grants.ClientCredentialsGrant):
 
 
 # --- private_key_jwt --------------------------------------------------------------------------
+
 
 class PrivateKeyJWT(JWTBearerClientAssertion):
     """RFC 7523 client authentication: keys only from the client's registration, never from
@@ -300,7 +345,8 @@ class PrivateKeyJWT(JWTBearerClientAssertion):
         for member in ("jwk", "jku", "x5u", "x5c"):
             if member in headers:
                 raise InvalidClientError(
-                    description=f"Client assertions must not carry '{member}'.")
+                    description=f"Client assertions must not carry '{member}'."
+                )
         return headers, claims
 
     def get_audiences(self) -> list[str]:
@@ -313,7 +359,8 @@ class PrivateKeyJWT(JWTBearerClientAssertion):
         super().verify_claims(claims)
         exp = claims.get("exp")
         if not isinstance(exp, int | float) or exp - time.time() > int(
-                _cfg("CLIENT_ASSERTION_MAX_AGE")):
+            _cfg("CLIENT_ASSERTION_MAX_AGE")
+        ):
             raise InvalidClientError(description="The client assertion expires too far ahead.")
 
     def validate_jti(self, claims: Any, jti: Any) -> bool:

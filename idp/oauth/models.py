@@ -22,7 +22,8 @@ class AuthorizationCode(Base, AuthorizationCodeMixin):
     person_id: Mapped[int] = mapped_column(ForeignKey("people.id", ondelete="CASCADE"), index=True)
     company_id: Mapped[int] = mapped_column(ForeignKey("companies.id", ondelete="CASCADE"))
     session_id: Mapped[int | None] = mapped_column(
-        ForeignKey("login_sessions.id", ondelete="SET NULL"))
+        ForeignKey("login_sessions.id", ondelete="SET NULL")
+    )
     redirect_uri: Mapped[str] = mapped_column(Text)
     scope: Mapped[str] = mapped_column(Text)
     nonce: Mapped[str | None] = mapped_column(String(512))
@@ -72,12 +73,15 @@ class Grant(Base):
     gid: Mapped[str] = mapped_column(String(64), unique=True)
     client_id: Mapped[int] = mapped_column(ForeignKey("clients.id", ondelete="CASCADE"), index=True)
     person_id: Mapped[int] = mapped_column(ForeignKey("people.id", ondelete="CASCADE"), index=True)
-    company_id: Mapped[int] = mapped_column(ForeignKey("companies.id", ondelete="CASCADE"),
-                                            index=True)
+    company_id: Mapped[int] = mapped_column(
+        ForeignKey("companies.id", ondelete="CASCADE"), index=True
+    )
     session_id: Mapped[int | None] = mapped_column(
-        ForeignKey("login_sessions.id", ondelete="SET NULL"), index=True)
+        ForeignKey("login_sessions.id", ondelete="SET NULL"), index=True
+    )
     security_key_id: Mapped[int | None] = mapped_column(
-        ForeignKey("security_keys.id", ondelete="SET NULL"), index=True)
+        ForeignKey("security_keys.id", ondelete="SET NULL"), index=True
+    )
     scope: Mapped[str] = mapped_column(Text)
     claims_request: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     auth_time: Mapped[dt.datetime]

@@ -43,8 +43,9 @@ class IssuerOAuth2Request(OAuth2Request):
 
     def __init__(self) -> None:
         issuer = current_app.config["IDP"]["ISSUER"]
-        super().__init__(flask_request.method, issuer + flask_request.path,
-                         headers=flask_request.headers)
+        super().__init__(
+            flask_request.method, issuer + flask_request.path, headers=flask_request.headers
+        )
         self._request = flask_request
         self.payload = FlaskOAuth2Payload(flask_request)
 
@@ -82,18 +83,23 @@ class AuthorizationServer(FlaskAuthorizationServer):
                 response.headers[name] = value
         return response
 
-    def authenticate_client(self, request: OAuth2Request, methods: list[str],
-                            endpoint: str = "token") -> Client:
+    def authenticate_client(
+        self, request: OAuth2Request, methods: list[str], endpoint: str = "token"
+    ) -> Client:
         presented = _presented_auth_methods(request)
         if len(presented) > 1:
             raise InvalidRequestError(
                 "Use exactly one client authentication method per request "
-                f"(found {', '.join(sorted(presented))}).")
+                f"(found {', '.join(sorted(presented))})."
+            )
         client: Client = super().authenticate_client(request, methods, endpoint)
         if not client.is_active:
             raise InvalidClientError(description="The client is disabled.")
-        cache.hit("client", client.client_id,
-                  limit=int(current_app.config["IDP"]["RATE_LIMIT_CLIENT_PER_MINUTE"]))
+        cache.hit(
+            "client",
+            client.client_id,
+            limit=int(current_app.config["IDP"]["RATE_LIMIT_CLIENT_PER_MINUTE"]),
+        )
         return client
 
     def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:

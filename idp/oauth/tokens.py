@@ -39,8 +39,10 @@ def _cfg(name: str) -> Any:
 
 # --- issuing ----------------------------------------------------------------------------------
 
-def issue_access_token(*, client: Client, scope: str, principal: Principal | None) -> tuple[
-        str, int]:
+
+def issue_access_token(
+    *, client: Client, scope: str, principal: Principal | None
+) -> tuple[str, int]:
     """Sign an RFC 9068 access token. Returns ``(token, expires_in)``."""
     now = int(time.time())
     ttl = int(_cfg("ACCESS_TOKEN_TTL"))
@@ -70,16 +72,34 @@ def issue_access_token(*, client: Client, scope: str, principal: Principal | Non
     return token, ttl
 
 
-def create_grant(*, client: Client, person: Person, company: Company, scope: str,
-                 session_id: int | None, security_key_id: int | None,
-                 auth_time: dt.datetime, acr: str | None, amr: list[str],
-                 claims_request: dict[str, Any] | None) -> Grant:
+def create_grant(
+    *,
+    client: Client,
+    person: Person,
+    company: Company,
+    scope: str,
+    session_id: int | None,
+    security_key_id: int | None,
+    auth_time: dt.datetime,
+    acr: str | None,
+    amr: list[str],
+    claims_request: dict[str, Any] | None,
+) -> Grant:
     """Start a token family for one authorization (flushed, not committed)."""
-    grant = Grant(gid=new_public_id(), client_id=client.id, person_id=person.id,
-                  company_id=company.id, session_id=session_id,
-                  security_key_id=security_key_id, scope=scope, claims_request=claims_request,
-                  auth_time=auth_time, acr=acr, amr=list(amr),
-                  expires_at=utcnow() + dt.timedelta(seconds=int(_cfg("REFRESH_TOKEN_TTL"))))
+    grant = Grant(
+        gid=new_public_id(),
+        client_id=client.id,
+        person_id=person.id,
+        company_id=company.id,
+        session_id=session_id,
+        security_key_id=security_key_id,
+        scope=scope,
+        claims_request=claims_request,
+        auth_time=auth_time,
+        acr=acr,
+        amr=list(amr),
+        expires_at=utcnow() + dt.timedelta(seconds=int(_cfg("REFRESH_TOKEN_TTL"))),
+    )
     db.session.add(grant)
     db.session.flush()
     return grant
@@ -88,8 +108,9 @@ def create_grant(*, client: Client, person: Person, company: Company, scope: str
 def new_refresh_token(grant: Grant) -> str:
     """Add a refresh token to ``grant``'s family (flushed, not committed); returns it."""
     token = new_secret(REFRESH_TOKEN_PREFIX)
-    db.session.add(RefreshToken(token_hash=digest(token), grant_id=grant.id,
-                                expires_at=grant.expires_at))
+    db.session.add(
+        RefreshToken(token_hash=digest(token), grant_id=grant.id, expires_at=grant.expires_at)
+    )
     return token
 
 
@@ -100,8 +121,11 @@ def principal_for_grant(grant: Grant) -> Principal | None:
     company = db.session.get(Company, grant.company_id)
     if person is None or company is None or not person.is_active or not company.is_active:
         return None
-    membership = db.session.scalars(select(Membership).where(
-        Membership.person_id == person.id, Membership.company_id == company.id)).first()
+    membership = db.session.scalars(
+        select(Membership).where(
+            Membership.person_id == person.id, Membership.company_id == company.id
+        )
+    ).first()
     if membership is None or not membership.is_active:
         return None
     from idp.authn.models import LoginSession
@@ -110,13 +134,22 @@ def principal_for_grant(grant: Grant) -> Principal | None:
     if grant.session_id is not None:
         session = db.session.get(LoginSession, grant.session_id)
         sid = session.sid if session else None
-    return Principal(person=person, company=company, roles=list(membership.roles),
-                     grant_id=grant.id, gid=grant.gid, sid=sid,
-                     auth_time=int(grant.auth_time.timestamp()), acr=grant.acr,
-                     amr=list(grant.amr), claims_request=grant.claims_request)
+    return Principal(
+        person=person,
+        company=company,
+        roles=list(membership.roles),
+        grant_id=grant.id,
+        gid=grant.gid,
+        sid=sid,
+        auth_time=int(grant.auth_time.timestamp()),
+        acr=grant.acr,
+        amr=list(grant.amr),
+        claims_request=grant.claims_request,
+    )
 
 
 # --- refresh tokens ---------------------------------------------------------------------------
+
 
 @dataclass
 class RefreshTokenRecord:
@@ -141,8 +174,9 @@ class RefreshTokenRecord:
 def find_refresh_token(token: str) -> RefreshTokenRecord | None:
     if not isinstance(token, str) or not token.startswith(REFRESH_TOKEN_PREFIX) or len(token) > 200:
         return None
-    row = db.session.scalars(select(RefreshToken).where(
-        RefreshToken.token_hash == digest(token))).first()
+    row = db.session.scalars(
+        select(RefreshToken).where(RefreshToken.token_hash == digest(token))
+    ).first()
     if row is None:
         return None
     grant = db.session.get(Grant, row.grant_id)
@@ -155,9 +189,10 @@ def rotate_refresh_token(record_: RefreshTokenRecord) -> bool:
     """Mark the presented refresh token as used, atomically. False if it was already used
     (then the whole family is revoked, RFC 9700 §4.14.2)."""
     result = db.session.execute(
-        update(RefreshToken).where(RefreshToken.id == record_.row.id,
-                                   RefreshToken.rotated_at.is_(None))
-        .values(rotated_at=utcnow()))
+        update(RefreshToken)
+        .where(RefreshToken.id == record_.row.id, RefreshToken.rotated_at.is_(None))
+        .values(rotated_at=utcnow())
+    )
     if getattr(result, "rowcount", 0) == 1:
         return True
     db.session.rollback()
@@ -167,31 +202,48 @@ def rotate_refresh_token(record_: RefreshTokenRecord) -> bool:
 
 # --- revocation -------------------------------------------------------------------------------
 
+
 def revoke_grant(grant_id: int, *, reason: str, actor: str = "system") -> None:
     """Revoke one token family (committed)."""
-    db.session.execute(update(Grant).where(Grant.id == grant_id, Grant.revoked_at.is_(None))
-                       .values(revoked_at=utcnow(), revoked_reason=reason))
-    record("oauth:grant:revoke", actor=actor, subject=f"grant:{grant_id}",
-           details={"reason": reason})
+    db.session.execute(
+        update(Grant)
+        .where(Grant.id == grant_id, Grant.revoked_at.is_(None))
+        .values(revoked_at=utcnow(), revoked_reason=reason)
+    )
+    record(
+        "oauth:grant:revoke", actor=actor, subject=f"grant:{grant_id}", details={"reason": reason}
+    )
     db.session.commit()
 
 
-def revoke_grants(*, reason: str, actor: str = "system", person_id: int | None = None,
-                  company_id: int | None = None, client_id: int | None = None,
-                  session_id: int | None = None, security_key_id: int | None = None) -> int:
+def revoke_grants(
+    *,
+    reason: str,
+    actor: str = "system",
+    person_id: int | None = None,
+    company_id: int | None = None,
+    client_id: int | None = None,
+    session_id: int | None = None,
+    security_key_id: int | None = None,
+) -> int:
     """Revoke every live grant matching all the given filters (the caller commits).
 
     Used when a person, security key, session, membership or consent ends."""
     filters: list[Any] = [Grant.revoked_at.is_(None)]
-    for column, value in ((Grant.person_id, person_id), (Grant.company_id, company_id),
-                          (Grant.client_id, client_id), (Grant.session_id, session_id),
-                          (Grant.security_key_id, security_key_id)):
+    for column, value in (
+        (Grant.person_id, person_id),
+        (Grant.company_id, company_id),
+        (Grant.client_id, client_id),
+        (Grant.session_id, session_id),
+        (Grant.security_key_id, security_key_id),
+    ):
         if value is not None:
             filters.append(column == value)
     if len(filters) == 1:
         raise ValueError("revoke_grants needs at least one filter")
-    result = db.session.execute(update(Grant).where(*filters)
-                                .values(revoked_at=utcnow(), revoked_reason=reason))
+    result = db.session.execute(
+        update(Grant).where(*filters).values(revoked_at=utcnow(), revoked_reason=reason)
+    )
     return int(getattr(result, "rowcount", 0) or 0)
 
 
@@ -208,11 +260,16 @@ def revoke_access_token(claims: dict[str, Any]) -> None:
 
 # --- checking ---------------------------------------------------------------------------------
 
+
 def decode_access_token(token: str) -> dict[str, Any] | None:
     """Claims of a valid, unexpired access token we signed, else None. Revocation not checked."""
     try:
-        return jws.verify(token, issuer=_cfg("ISSUER"), typ=ACCESS_TOKEN_TYP,
-                          max_length=int(_cfg("MAX_JWT_LENGTH")))
+        return jws.verify(
+            token,
+            issuer=_cfg("ISSUER"),
+            typ=ACCESS_TOKEN_TYP,
+            max_length=int(_cfg("MAX_JWT_LENGTH")),
+        )
     except jws.InvalidJWT:
         return None
 
@@ -228,9 +285,11 @@ def is_access_token_live(claims: dict[str, Any]) -> bool:
         return not db.session.scalar(select(revoked))
     if not isinstance(gid, str):
         return False
-    grant_live = (select(Grant.id).where(Grant.gid == gid, Grant.revoked_at.is_(None),
-                                         Grant.expires_at > utcnow())
-                  .scalar_subquery())
+    grant_live = (
+        select(Grant.id)
+        .where(Grant.gid == gid, Grant.revoked_at.is_(None), Grant.expires_at > utcnow())
+        .scalar_subquery()
+    )
     row = db.session.execute(select(revoked, grant_live)).one()
     return (not row[0]) and row[1] is not None
 

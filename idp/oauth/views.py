@@ -33,6 +33,7 @@ MAX_PENDING_PER_BROWSER = 5
 
 # --- authorization endpoint -------------------------------------------------------------------
 
+
 @bp.route("/authorize", methods=["GET", "POST"])
 @csrf.exempt
 def authorize() -> Response:
@@ -80,8 +81,9 @@ def authorize_consent() -> Response:
         decision = request.form.get("decision")
         if decision not in ("allow", "deny"):
             raise flow.AuthorizationPageError("invalid_request", "Choose Allow or Deny.")
-        outcome = flow.decide_consent(handle, current_login_session(),
-                                      allow=decision == "allow", origin=_origin())
+        outcome = flow.decide_consent(
+            handle, current_login_session(), allow=decision == "allow", origin=_origin()
+        )
         return _render(outcome, after_post=True)
     except flow.AuthorizationPageError as exc:
         return page_error(exc.status, _title(exc.error), exc.description)
@@ -97,15 +99,17 @@ def _origin() -> Origin:
 
 def _remember_pending(handle: str) -> None:
     handles = [h for h in session.get(PENDING_SESSION_KEY, []) if isinstance(h, str)]
-    session[PENDING_SESSION_KEY] = [*handles[-(MAX_PENDING_PER_BROWSER - 1):], handle]
+    session[PENDING_SESSION_KEY] = [*handles[-(MAX_PENDING_PER_BROWSER - 1) :], handle]
 
 
 def _bound_handle(handle: str | None) -> str:
     """The handle, if this browser started that authorization (binding to the session)."""
     if not handle or handle not in session.get(PENDING_SESSION_KEY, []):
         raise flow.AuthorizationPageError(
-            "invalid_request", "This sign-in request belongs to another browser window or has "
-            "expired. Start again from the site you came from.")
+            "invalid_request",
+            "This sign-in request belongs to another browser window or has "
+            "expired. Start again from the site you came from.",
+        )
     return handle
 
 
@@ -122,8 +126,7 @@ def _render(outcome: flow.Outcome, *, after_post: bool = False) -> Response:
         return redirect(target, 303)  # type: ignore[return-value]
     if after_post:
         # 303 after a POST: the page is shown by a GET.
-        return redirect(url_for("oauth.authorize_continue", h=outcome.handle), 303
-                        )  # type: ignore[return-value]
+        return redirect(url_for("oauth.authorize_continue", h=outcome.handle), 303)  # type: ignore[return-value]
     use_ui_locales(outcome.ui_locales)
     if isinstance(outcome, flow.NeedCompany):
         html = render_template("oauth/choose_company.html", outcome=outcome)
@@ -137,33 +140,40 @@ def _render(outcome: flow.Outcome, *, after_post: bool = False) -> Response:
 def _client_redirect(outcome: flow.ClientRedirect) -> Response:
     params = [*outcome.params, ("iss", current_app.config["IDP"]["ISSUER"])]
     if outcome.response_mode == "form_post":
-        html = render_template("oauth/form_post.html", action=outcome.redirect_uri,
-                               params=params)
+        html = render_template("oauth/form_post.html", action=outcome.redirect_uri, params=params)
         response = Response(html, mimetype="text/html")
         response.headers["Cache-Control"] = "no-store"
         return response
     parts = urlsplit(outcome.redirect_uri)
     query = urlencode([*parse_qsl(parts.query, keep_blank_values=True), *params])
-    response = Response(status=303, headers={"Location": urlunsplit(parts._replace(query=query)),
-                                             "Cache-Control": "no-store"})
+    response = Response(
+        status=303,
+        headers={"Location": urlunsplit(parts._replace(query=query)), "Cache-Control": "no-store"},
+    )
     return response
 
 
 # --- token, introspection, revocation ---------------------------------------------------------
 
+
 def _check_form_post() -> Response | None:
     """RFC 6749 §3.2: form-encoded body, no parameter twice, nothing in the query."""
     if request.mimetype != "application/x-www-form-urlencoded":
-        return json_error(400, "invalid_request",
-                          "Send the request as application/x-www-form-urlencoded.")
+        return json_error(
+            400, "invalid_request", "Send the request as application/x-www-form-urlencoded."
+        )
     if request.args:
         return json_error(400, "invalid_request", "Send parameters in the body, not the URL.")
     repeated = sorted(k for k in request.form if len(request.form.getlist(k)) > 1)
     if repeated:
-        return json_error(400, "invalid_request",
-                          f"Parameters must not be repeated: {', '.join(repeated)}.")
-    cache.hit("source", request.remote_addr or "-",
-              limit=int(current_app.config["IDP"]["RATE_LIMIT_SOURCE_PER_MINUTE"]))
+        return json_error(
+            400, "invalid_request", f"Parameters must not be repeated: {', '.join(repeated)}."
+        )
+    cache.hit(
+        "source",
+        request.remote_addr or "-",
+        limit=int(current_app.config["IDP"]["RATE_LIMIT_SOURCE_PER_MINUTE"]),
+    )
     return None
 
 
@@ -208,6 +218,7 @@ def revoke() -> Response:
 
 # --- userinfo ---------------------------------------------------------------------------------
 
+
 @bp.route("/userinfo", methods=["GET", "POST"])
 @csrf.exempt
 @api_view
@@ -215,14 +226,21 @@ def userinfo() -> Response:
     auth = request.headers.get("Authorization", "")
     scheme, _, token = auth.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        return json_error(401, "invalid_request", "Send the access token as a Bearer header.",
-                          {"WWW-Authenticate": 'Bearer realm="corp-id"'})
+        return json_error(
+            401,
+            "invalid_request",
+            "Send the access token as a Bearer header.",
+            {"WWW-Authenticate": 'Bearer realm="corp-id"'},
+        )
     claims = userinfo_claims(token.strip())
     if claims is None:
-        return json_error(401, "invalid_token", "The access token is not active.",
-                          {"WWW-Authenticate": 'Bearer realm="corp-id", error="invalid_token"'})
+        return json_error(
+            401,
+            "invalid_token",
+            "The access token is not active.",
+            {"WWW-Authenticate": 'Bearer realm="corp-id", error="invalid_token"'},
+        )
     response = Response(json.dumps(claims), mimetype="application/json")
     response.headers["Cache-Control"] = "no-store"
     response.headers["Pragma"] = "no-cache"
     return response
-

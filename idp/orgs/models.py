@@ -42,8 +42,9 @@ class Person(Base):
     subject: Mapped[str] = mapped_column(String(64), unique=True, default=new_public_id)
     display_name: Mapped[str] = mapped_column(String(200))
     email: Mapped[str | None] = mapped_column(String(320), index=True)
-    status: Mapped[PersonStatus] = mapped_column(str_enum(PersonStatus, "person_status"),
-                                                 default=PersonStatus.ACTIVE)
+    status: Mapped[PersonStatus] = mapped_column(
+        str_enum(PersonStatus, "person_status"), default=PersonStatus.ACTIVE
+    )
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
     memberships: Mapped[list[Membership]] = relationship(back_populates="person")
@@ -61,8 +62,9 @@ class Company(Base):
     br_number: Mapped[str] = mapped_column(String(8), unique=True)
     name_en: Mapped[str] = mapped_column(String(300))
     name_zh: Mapped[str | None] = mapped_column(String(300))
-    status: Mapped[CompanyStatus] = mapped_column(str_enum(CompanyStatus, "company_status"),
-                                                  default=CompanyStatus.LIVE)
+    status: Mapped[CompanyStatus] = mapped_column(
+        str_enum(CompanyStatus, "company_status"), default=CompanyStatus.LIVE
+    )
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
     @property
@@ -76,11 +78,13 @@ class Membership(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     person_id: Mapped[int] = mapped_column(ForeignKey("people.id", ondelete="CASCADE"))
-    company_id: Mapped[int] = mapped_column(ForeignKey("companies.id", ondelete="CASCADE"),
-                                            index=True)
+    company_id: Mapped[int] = mapped_column(
+        ForeignKey("companies.id", ondelete="CASCADE"), index=True
+    )
     roles: Mapped[list[str]] = mapped_column(JSON, default=list)
     status: Mapped[MembershipStatus] = mapped_column(
-        str_enum(MembershipStatus, "membership_status"), default=MembershipStatus.ACTIVE)
+        str_enum(MembershipStatus, "membership_status"), default=MembershipStatus.ACTIVE
+    )
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
     person: Mapped[Person] = relationship(back_populates="memberships")
@@ -98,8 +102,9 @@ class Invitation(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    company_id: Mapped[int] = mapped_column(ForeignKey("companies.id", ondelete="CASCADE"),
-                                            index=True)
+    company_id: Mapped[int] = mapped_column(
+        ForeignKey("companies.id", ondelete="CASCADE"), index=True
+    )
     email: Mapped[str] = mapped_column(String(320))
     roles: Mapped[list[str]] = mapped_column(JSON, default=list)
     # Who invited: an operator name ("operator:cli") or a person's subject.
