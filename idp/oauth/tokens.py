@@ -300,3 +300,43 @@ def check_access_token(token: str) -> dict[str, Any] | None:
     if claims is None or not is_access_token_live(claims):
         return None
     return claims
+
+
+# --- housekeeping -----------------------------------------------------------------------------
+
+
+def purge_expired() -> dict[str, int]:
+    """Delete protocol state nobody can use any more (run periodically: ``idp purge``).
+
+    Expired codes and pending authorizations, revoked-jti entries past their token's expiry,
+    refresh tokens of expired grants. Grants themselves are kept (audit trail of what was
+    issued) until a retention job decides otherwise. Returns the count per table. Committed.
+    """
+    from sqlalchemy import delete
+
+    from idp.oauth.models import AuthorizationCode, PendingAuthorization
+
+    now = utcnow()
+    expired_grants = select(Grant.id).where(Grant.expires_at <= now)
+    statements = {
+        # Codes are kept a day past expiry so that a late replay still revokes its tokens.
+        "authorization_codes": delete(AuthorizationCode).where(
+            AuthorizationCode.expires_at <= now - dt.timedelta(days=1)
+        ),
+        "pending_authorizations": delete(PendingAuthorization).where(
+            PendingAuthorization.expires_at <= now
+        ),
+        "revoked_access_tokens": delete(RevokedAccessToken).where(
+            RevokedAccessToken.expires_at <= now
+        ),
+        "refresh_tokens": delete(RefreshToken).where(RefreshToken.grant_id.in_(expired_grants)),
+    }
+    counts = {
+        name: int(getattr(db.session.execute(stmt), "rowcount", 0) or 0)
+        for name, stmt in statements.items()
+    }
+    db.session.commit()
+    from idp import cache
+
+    counts["cache_entries"] = cache.purge_expired()
+    return counts
