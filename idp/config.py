@@ -40,9 +40,10 @@ DEFAULTS: dict[str, Any] = {
     "KEY_ROTATION_OVERLAP": 3600,
     # Seconds a process caches the published key set before reading it again.
     "JWKS_CACHE_TTL": 10,
-    # Seconds a process may cache a client record (0 disables; revocation-critical state is
-    # never cached beyond this).
-    "CLIENT_CACHE_TTL": 0,
+    # Seconds a worker may reuse a client record it read (0 disables). Bounds how long a
+    # disabled client or a rotated secret keeps working on *other* workers; the worker that made
+    # the change forgets at once.
+    "CLIENT_CACHE_TTL": 5,
     # Lifetime of invitation links in seconds (7 days).
     "INVITE_TTL": 7 * 24 * 3600,
     # Maximum age, in seconds, of a client assertion's exp-iat window (RFC 7523).

@@ -4,6 +4,7 @@ with ``Cache-Control: no-store``, and one client-authentication method per reque
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer as FlaskAuthorizationServer
@@ -12,12 +13,27 @@ from authlib.oauth2.rfc6749 import InvalidClientError, InvalidRequestError, OAut
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
 from flask import Response, current_app
 from flask import request as flask_request
+from sqlalchemy import event, select
 
 from idp import cache
 from idp.clients.models import Client
 from idp.extensions import db
 
 NO_STORE = [("Cache-Control", "no-store"), ("Pragma", "no-cache")]
+
+_CLIENT_CACHE_MAX = 10_000
+_client_cache: dict[str, tuple[float, Client]] = {}
+
+
+def forget_client(client_id: str) -> None:
+    """Drop a client from this worker's cache (after it changed)."""
+    _client_cache.pop(client_id, None)
+
+
+@event.listens_for(Client, "after_update")
+@event.listens_for(Client, "after_delete")
+def _client_changed(mapper: Any, connection: Any, target: Client) -> None:
+    forget_client(target.client_id)
 
 
 class StoredOAuth2Request(OAuth2Request):
@@ -60,9 +76,22 @@ class IssuerOAuth2Request(OAuth2Request):
 
 class AuthorizationServer(FlaskAuthorizationServer):
     def query_client(self, client_id: Any) -> Client | None:
+        """The client, from this worker's short cache or one indexed query."""
         if not isinstance(client_id, str) or not client_id or len(client_id) > 64:
             return None
-        return db.session.query(Client).filter_by(client_id=client_id).one_or_none()
+        ttl = float(current_app.config["IDP"]["CLIENT_CACHE_TTL"])
+        if ttl > 0:
+            hit = _client_cache.get(client_id)
+            if hit is not None and hit[0] > time.monotonic():
+                return hit[1]
+        client = db.session.scalars(select(Client).where(Client.client_id == client_id)).first()
+        if client is not None and ttl > 0:
+            # Detached: the cached copy is read-only and shared by this worker's requests.
+            db.session.expunge(client)
+            if len(_client_cache) >= _CLIENT_CACHE_MAX:
+                _client_cache.clear()
+            _client_cache[client_id] = (time.monotonic() + ttl, client)
+        return client
 
     def save_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
         # Access tokens are self-contained JWTs; refresh tokens are saved by the token

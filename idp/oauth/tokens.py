@@ -280,9 +280,11 @@ def is_access_token_live(claims: dict[str, Any]) -> bool:
     gid = claims.get("gid")
     if not isinstance(jti, str):
         return False
+    # Core statements on the session's connection: no ORM machinery on this hot path.
+    connection = db.session.connection()
     revoked = exists().where(RevokedAccessToken.jti == jti)
     if gid is None:
-        return not db.session.scalar(select(revoked))
+        return not connection.scalar(select(revoked))
     if not isinstance(gid, str):
         return False
     grant_live = (
@@ -290,7 +292,7 @@ def is_access_token_live(claims: dict[str, Any]) -> bool:
         .where(Grant.gid == gid, Grant.revoked_at.is_(None), Grant.expires_at > utcnow())
         .scalar_subquery()
     )
-    row = db.session.execute(select(revoked, grant_live)).one()
+    row = connection.execute(select(revoked, grant_live)).one()
     return (not row[0]) and row[1] is not None
 
 
