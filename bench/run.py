@@ -28,6 +28,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -50,7 +51,7 @@ PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 PG_DB = "corpid_bench"
 PG_SA_URL = f"postgresql+psycopg://postgres@127.0.0.1:5432/{PG_DB}"
 REDIS_URL = "redis://127.0.0.1:6379/14"
-SECRET_KEY = "corp-id-bench-secret-not-for-production"  # noqa: S105 -- scratch databases only
+SECRET_KEY = "corp-id-bench-secret-not-for-production"
 
 ENDPOINTS = ("discovery", "jwks", "client_credentials", "introspection", "userinfo")
 
@@ -81,7 +82,8 @@ def basic(client_id: str, secret: str) -> str:
     # so encoding changes nothing; checked rather than assumed.
     from urllib.parse import quote
 
-    assert quote(client_id, safe="") == client_id and quote(secret, safe="") == secret
+    assert quote(client_id, safe="") == client_id
+    assert quote(secret, safe="") == secret
     return "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()
 
 
@@ -91,7 +93,7 @@ def http(method: str, url: str, *, headers: dict[str, str] | None = None,
     req = urllib.request.Request(url, method=method, headers=headers or {},
                                  data=body.encode() if body is not None else None)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -142,7 +144,9 @@ class Backend:
 def pg_admin(sql: str) -> None:
     import psycopg
 
-    assert PG_DB in sql and " test" not in sql  # only ever the scratch database
+    # Only ever the scratch database.
+    assert PG_DB in sql
+    assert " test" not in sql
     with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
         conn.execute(sql)  # type: ignore[arg-type]
 
@@ -526,6 +530,46 @@ def scenario_rows(backend: Backend, endpoint: str, introspect_tokens: list[str]
     raise ValueError(endpoint)
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_snapshot(server_pgid: int) -> dict[int, tuple[str, float]]:
+    """CPU seconds used so far by every process, tagged server/postgres/redis/other."""
+    snap: dict[int, tuple[str, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm = raw[raw.index("(") + 1:raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2:].split()
+        pgid = int(fields[2])
+        seconds = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        if pgid == server_pgid:
+            tag = "server"
+        elif comm.startswith(("postgres", "postmaster")):
+            tag = "postgres"
+        elif comm.startswith("redis"):
+            tag = "redis"
+        else:
+            tag = "other"
+        snap[int(entry.name)] = (tag, seconds)
+    return snap
+
+
+def cpu_split(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
+              children: float, wall: float) -> dict[str, float]:
+    """Cores used on average during ``wall`` seconds, by tag; ``children`` is the CPU time
+    of processes this script waited for meanwhile (wrk)."""
+    used = {"server": 0.0, "postgres": 0.0, "redis": 0.0, "other": 0.0}
+    for pid, (tag, seconds) in after.items():
+        used[tag] += seconds - before.get(pid, (tag, 0.0))[1]
+    used["wrk"] = children
+    return {k: v / wall for k, v in used.items()}
+
+
 @dataclass
 class Result:
     backend: str
@@ -539,6 +583,7 @@ class Result:
     requests: int = 0
     non2xx: int = 0
     socket_errors: int = 0
+    cpu: dict[str, float] = field(default_factory=dict)
     error: str = ""
 
 
@@ -553,6 +598,20 @@ def run_wrk(url: str, script: Path, *, connections: int, threads: int, duration:
         if line.startswith("BENCHJSON "):
             return dict(json.loads(line[len("BENCHJSON "):]))
     raise RuntimeError(f"wrk gave no figures (rc {out.returncode}):\n{out.stdout}\n{out.stderr}")
+
+
+def start_profiler(args: argparse.Namespace, server: Server, endpoint: str
+                   ) -> subprocess.Popen[bytes] | None:
+    """py-spy on the server's processes for the measured run (collapsed stacks)."""
+    if not args.profile or server.proc is None:
+        return None
+    out = Path(args.profile) / f"{server.backend.name}-{server.name}-{endpoint}.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    argv = [args.pyspy, "record", "--pid", str(server.proc.pid), "--subprocesses",
+            "--nonblocking", "--rate", "200", "--duration", str(max(1, round(args.duration))),
+            "--format", "raw", "--output", str(out)]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL)
 
 
 def smoke(backend: Backend, introspect_tokens: list[str]) -> list[str]:
@@ -608,8 +667,22 @@ def bench_server(backend: Backend, server: Server, args: argparse.Namespace,
                 if args.warmup > 0:
                     run_wrk(backend.issuer, script, connections=args.connections,
                             threads=args.threads, duration=args.warmup)
-                figures = run_wrk(backend.issuer, script, connections=args.connections,
-                                  threads=args.threads, duration=args.duration)
+                spy = start_profiler(args, server, endpoint)
+                pgid = server.proc.pid if server.proc else -1
+                before = cpu_snapshot(pgid)
+                kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+                wall = time.monotonic()
+                try:
+                    figures = run_wrk(backend.issuer, script, connections=args.connections,
+                                      threads=args.threads, duration=args.duration)
+                    wall = time.monotonic() - wall
+                    kids_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                    result.cpu = cpu_split(before, cpu_snapshot(pgid),
+                                           kids_after.ru_utime + kids_after.ru_stime
+                                           - kids.ru_utime - kids.ru_stime, wall)
+                finally:
+                    if spy is not None:
+                        spy.wait(timeout=args.duration + 30)
                 seconds = figures["duration_us"] / 1e6
                 result.requests = figures["requests"]
                 result.rps = figures["requests"] / seconds if seconds else 0.0
@@ -628,7 +701,8 @@ def bench_server(backend: Backend, server: Server, args: argparse.Namespace,
                 result.error = (result.error + " server died").strip()
             log(f"{backend.name}/{server.name}/{endpoint}: {result.rps:,.0f} req/s, "
                 f"p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, "
-                f"non-2xx {result.non2xx}, socket errors {result.socket_errors}"
+                f"non-2xx {result.non2xx}, socket errors {result.socket_errors}, "
+                f"cores: {cpu_text(result.cpu)}"
                 + (f" ERROR {result.error}" if result.error else ""))
             results.append(result)
         after = smoke(backend, tokens)
@@ -640,6 +714,14 @@ def bench_server(backend: Backend, server: Server, args: argparse.Namespace,
 
 
 # --- report -----------------------------------------------------------------------------------
+
+def cpu_text(cpu: dict[str, float]) -> str:
+    if not cpu:
+        return "-"
+    names = {"server": "srv", "postgres": "pg", "redis": "redis", "wrk": "wrk",
+             "other": "other"}
+    return " ".join(f"{names[k]} {v:.2f}" for k, v in cpu.items() if v >= 0.005)
+
 
 def verdict(r: Result) -> str:
     target = TARGETS.get(r.endpoint)
@@ -674,10 +756,12 @@ def render(results: list[Result], sql: dict[str, dict[str, dict[str, Any]]],
         "over all of them; each introspection is of a client_credentials token by its own "
         "client; userinfo with one user access token (scope openid profile email corp)",
         "- targets are the issue's, for PostgreSQL; SQLite figures are for reference",
+        "- cores used: average CPU cores (of 2) during the measured run by the server's "
+        "processes (srv), PostgreSQL (pg), Redis, the load generator (wrk) and the rest",
         "",
         "| backend | server | endpoint | req/s | p50 ms | p99 ms | max ms | non-2xx | "
-        "socket err | target | verdict |",
-        "|---|---|---|--:|--:|--:|--:|--:|--:|---|---|",
+        "socket err | target | verdict | cores used |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|---|---|---|",
     ]
     for r in results:
         v = verdict(r) if r.backend == "postgres" else (
@@ -686,7 +770,7 @@ def render(results: list[Result], sql: dict[str, dict[str, dict[str, Any]]],
         lines.append(
             f"| {r.backend} | {r.server} | {r.endpoint}{err} | {r.rps:,.0f} | {r.p50_ms:.1f} | "
             f"{r.p99_ms:.1f} | {r.max_ms:.0f} | {r.non2xx} | {r.socket_errors} | "
-            f"{target_text(r.endpoint)} | {v} |")
+            f"{target_text(r.endpoint)} | {v} | {cpu_text(r.cpu)} |")
     if sql:
         lines += ["", "## SQL per request (in process, warm caches)", "",
                   "| backend | endpoint | statements | BEGIN | COMMIT | ROLLBACK |",
@@ -728,6 +812,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--threads", type=int, default=2, help="wrk threads")
     p.add_argument("--clients", type=int, default=1000)
+    p.add_argument("--profile", metavar="DIR",
+                   help="record py-spy collapsed stacks of the servers during each measured "
+                        "run into DIR (figures then include py-spy's overhead)")
+    p.add_argument("--pyspy", default=shutil.which("py-spy") or "py-spy",
+                   help="the py-spy executable (pip install py-spy)")
     p.add_argument("--show-sql", action="store_true", help="list each endpoint's statements")
     p.add_argument("--keep", action="store_true",
                    help="keep the temp folder and the corpid_bench database")
