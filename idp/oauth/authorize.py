@@ -22,7 +22,7 @@ from idp.clients.models import Client
 from idp.consent import services as consent
 from idp.db import utcnow
 from idp.extensions import db
-from idp.oauth.claims import Principal, parse_claims_request
+from idp.oauth.claims import Principal, claims_param_scopes, parse_claims_request
 from idp.oauth.models import PendingAuthorization
 from idp.oauth.server import StoredOAuth2Request
 from idp.orgs.models import Company, Membership, Person
@@ -273,6 +273,9 @@ def resume(handle: str, session: LoginSession | None) -> Outcome:
         return NeedCompany(handle, client, options, pending.params.get("ui_locales"))
     company, roles = chosen
     scope = client.get_allowed_scope(pending.params.get("scope"))
+    claims_request = parse_claims_request(pending.params.get("claims"))
+    extra = claims_param_scopes(claims_request, list(client.scopes)) - set(scope.split())
+    scope = " ".join([*scope.split(), *sorted(extra)])
     missing = consent.missing_scopes(person, company, client, scope)
     if "consent" in prompts and pending.consented_at is None:
         missing = [s for s in dict.fromkeys(scope.split()) if s not in consent.NO_CONSENT_SCOPES]

@@ -26,6 +26,9 @@ SCOPE_CLAIMS: dict[str, tuple[str, ...]] = {
     "corp": ("corp",),
 }
 USER_CLAIMS = frozenset(c for claims in SCOPE_CLAIMS.values() for c in claims)
+# The scope that governs each user claim: the claims parameter can pick claims, but only
+# within scopes the client is registered for and the person consented to.
+CLAIM_SCOPE = {claim: scope for scope, claims in SCOPE_CLAIMS.items() for claim in claims}
 
 ACR_HARDWARE_KEY = "phrh"
 AMR_HARDWARE_KEY = ("hwk", "mfa")
@@ -86,14 +89,36 @@ def parse_claims_request(raw: str | None) -> dict[str, Any] | None:
     return value
 
 
+def _claims_param_names(
+    claims_request: dict[str, Any] | None, targets: tuple[str, ...]
+) -> set[str]:
+    names: set[str] = set()
+    for target in targets:
+        member = (claims_request or {}).get(target)
+        if isinstance(member, dict):
+            names |= {c for c in member if c in USER_CLAIMS}
+    return names
+
+
+def claims_param_scopes(
+    claims_request: dict[str, Any] | None, client_scopes: list[str]
+) -> set[str]:
+    """Scopes whose claims the ``claims`` parameter asks for, within the client's scopes.
+
+    Consent is asked for these as for requested scopes."""
+    names = _claims_param_names(claims_request, ("userinfo", "id_token"))
+    return {CLAIM_SCOPE[c] for c in names} & set(client_scopes)
+
+
 def requested_claim_names(
-    scope: str, claims_request: dict[str, Any] | None, target: str
+    scope: str, claims_request: dict[str, Any] | None, target: str, client_scopes: list[str]
 ) -> set[str]:
     """Names of user claims to release to ``target`` ("userinfo" or "id_token")."""
     scopes = set(scope.split())
     names = {c for s in scopes for c in SCOPE_CLAIMS.get(s, ())}
-    if claims_request and isinstance(claims_request.get(target), dict):
-        names |= {c for c in claims_request[target] if c in USER_CLAIMS}
+    names |= {
+        c for c in _claims_param_names(claims_request, (target,)) if CLAIM_SCOPE[c] in client_scopes
+    }
     return names
 
 
@@ -101,7 +126,9 @@ def user_claims(principal: Principal, client: Client, scope: str, target: str) -
     """``sub`` plus the claims released for ``scope`` and the claims request."""
     person, company = principal.person, principal.company
     claims: dict[str, Any] = {"sub": subject_for(client, person)}
-    for name in sorted(requested_claim_names(scope, principal.claims_request, target)):
+    for name in sorted(
+        requested_claim_names(scope, principal.claims_request, target, list(client.scopes))
+    ):
         if name == "name":
             claims["name"] = person.display_name
         elif name == "email" and person.email:

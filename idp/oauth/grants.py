@@ -349,6 +349,20 @@ class PrivateKeyJWT(JWTBearerClientAssertion):
                 )
         return headers, claims
 
+    def process_assertion_claims(self, assertion: str, resolve_key: Any) -> Any:
+        """Verify with every algorithm we advertise (Authlib's default is joserfc's
+        "recommended" set, which lacks PS256 and EdDSA)."""
+        from authlib.oauth2.rfc6749 import InvalidClientError
+        from joserfc import jwt
+        from joserfc.errors import JoseError
+
+        try:
+            token = jwt.decode(assertion, resolve_key, algorithms=list(CLIENT_ASSERTION_ALGS))
+        except (JoseError, ValueError) as exc:
+            raise InvalidClientError(description="The client assertion is not valid.") from exc
+        self.verify_claims(token.claims)
+        return token.claims
+
     def get_audiences(self) -> list[str]:
         issuer = _cfg("ISSUER")
         return [issuer, issuer + "/token"]

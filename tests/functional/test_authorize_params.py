@@ -357,10 +357,6 @@ def test_malformed_claims_parameter_is_invalid_request(live: Live, signed_in: Si
     assert_error_callback(live, rp, response, "invalid_request")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: consent is computed from scopes only "
-                   "(authorize.resume -> consent.missing_scopes); claims requested through "
-                   "the claims parameter are released (claims.requested_claim_names) without "
-                   "the person ever being asked")
 def test_claims_parameter_does_not_bypass_consent(live: Live, signed_in: SignedIn,
                                                   make_client: Callable[..., RP]) -> None:
     _, b = signed_in()
@@ -371,9 +367,6 @@ def test_claims_parameter_does_not_bypass_consent(live: Live, signed_in: SignedI
     assert page_kind(page) == "consent"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: claims.requested_claim_names adds claims from "
-                   "the claims parameter without checking the client's registered scopes, so "
-                   "a client registered for 'openid' only can read corp/email")
 def test_claims_parameter_limited_to_the_clients_scopes(
         live: Live, signed_in: SignedIn, make_client: Callable[..., RP],
         get_code: Callable[..., CodeResult]) -> None:
