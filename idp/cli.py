@@ -155,6 +155,9 @@ def _run_gunicorn(*, host: str, port: int, workers: int, threads: int, timeout: 
         def load_config(self) -> None:
             for key, value in options.items():
                 self.cfg.set(key, value)
+            if "control_socket_disable" in self.cfg.settings:  # gunicorn >= 24
+                # One shared per-user socket path would collide between instances.
+                self.cfg.set("control_socket_disable", True)
 
         def load(self) -> Flask:
             from idp import create_app
