@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import exists, select, update
+from sqlalchemy import exists, literal, select, update
 from sqlalchemy.exc import IntegrityError
 
 from idp.audit.services import record
@@ -280,19 +280,21 @@ def is_access_token_live(claims: dict[str, Any]) -> bool:
     gid = claims.get("gid")
     if not isinstance(jti, str):
         return False
-    # Core statements on the session's connection: no ORM machinery on this hot path.
-    connection = db.session.connection()
     revoked = exists().where(RevokedAccessToken.jti == jti)
     if gid is None:
-        return not connection.scalar(select(revoked))
-    if not isinstance(gid, str):
+        statement = select(revoked, literal(1))
+    elif isinstance(gid, str):
+        grant_live = (
+            select(Grant.id)
+            .where(Grant.gid == gid, Grant.revoked_at.is_(None), Grant.expires_at > utcnow())
+            .scalar_subquery()
+        )
+        statement = select(revoked, grant_live)
+    else:
         return False
-    grant_live = (
-        select(Grant.id)
-        .where(Grant.gid == gid, Grant.revoked_at.is_(None), Grant.expires_at > utcnow())
-        .scalar_subquery()
-    )
-    row = connection.execute(select(revoked, grant_live)).one()
+    # One autocommit round trip with a Core statement: no transaction, no ORM on this hot path.
+    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        row = connection.execute(statement).one()
     return (not row[0]) and row[1] is not None
 
 
