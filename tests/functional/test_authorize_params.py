@@ -14,11 +14,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.functional.conftest import (
+    RP,
     Browser,
     CodeResult,
     Live,
     PersonInfo,
-    RP,
     authorize_url,
     callback,
     oauth_session,
@@ -159,7 +159,8 @@ def test_company_choice_decides_the_corp_claim(live: Live, signed_in: SignedIn,
     beta = who.companies[1]
     page = b.go(authorize_url(live, rp, scope="openid corp", challenge=challenge))
     assert page_kind(page) == "company"
-    assert "Alpha Ltd" in page.text and "Beta Ltd" in page.text
+    assert "Alpha Ltd" in page.text
+    assert "Beta Ltd" in page.text
     response = b.run(authorize_url(live, rp, scope="openid corp", challenge=challenge),
                      company=beta.id)
     token = oauth_session(live, rp).fetch_token(live.url("/token"),
@@ -194,9 +195,11 @@ def test_ui_locales_zh_hant_shows_chinese_consent(live: Live, signed_in: SignedI
                               ui_locales="zh-Hant"))
     assert page_kind(page) == "consent"
     assert 'lang="zh-Hant-HK"' in page.text
-    assert "允許" in page.text and "拒絕" in page.text
+    assert "允許" in page.text
+    assert "拒絕" in page.text
     english = b.go(authorize_url(live, rp, scope="openid corp", challenge=challenge))
-    assert "Allow" in english.text and "允許" not in english.text
+    assert "Allow" in english.text
+    assert "允許" not in english.text
 
 
 def test_ui_locales_survive_the_company_choice(live: Live, signed_in: SignedIn,
@@ -376,4 +379,5 @@ def test_claims_parameter_limited_to_the_clients_scopes(
                       claims=json.dumps({"userinfo": {"corp": None, "email": None}}))
     token = fetch(live, rp, result)
     info = userinfo(live, token['access_token']).json()
-    assert "corp" not in info and "email" not in info
+    assert "corp" not in info
+    assert "email" not in info

@@ -9,15 +9,14 @@ import time
 from collections.abc import Callable
 
 import pytest
-import requests
 from requests_oauth2client import OAuth2Client, PrivateKeyJwt
 
 from tests.functional.conftest import (
+    RP,
     Browser,
     CodeResult,
     Live,
     PersonInfo,
-    RP,
     callback,
     half_hash,
     oauth_session,
@@ -40,7 +39,8 @@ def check_id_token(live: Live, id_token: str, *, rp: RP, alg: str, nonce: str | 
     assert claims["sid"] == b.sid
     assert isinstance(claims["auth_time"], int)
     assert abs(claims["auth_time"] - time.time()) < 120
-    assert isinstance(claims["sub"], str) and claims["sub"]
+    assert isinstance(claims["sub"], str)
+    assert claims["sub"]
     return claims
 
 
@@ -183,6 +183,8 @@ def test_userinfo_without_corp_scope_has_no_corp(
     token = oauth_session(live, rp).fetch_token(live.url("/token"), code=result.code,
                                                 code_verifier=result.verifier)
     _, claims = verify_jwt(live, token["id_token"], alg="RS256", audience=rp.client_id)
-    assert "corp" not in claims and "email" not in claims and "name" not in claims
+    assert "corp" not in claims
+    assert "email" not in claims
+    assert "name" not in claims
     info = userinfo(live, token['access_token']).json()
     assert info == {"sub": who.subject}

@@ -74,7 +74,8 @@ def test_advertised_values(live: Live) -> None:
     assert set(doc["token_endpoint_auth_methods_supported"]) == {
         "client_secret_basic", "client_secret_post", "private_key_jwt", "none"}
     assert "none" not in doc["token_endpoint_auth_signing_alg_values_supported"]
-    assert not any(a.startswith("HS") for a in doc["token_endpoint_auth_signing_alg_values_supported"])
+    assertion_algs = doc["token_endpoint_auth_signing_alg_values_supported"]
+    assert not any(a.startswith("HS") for a in assertion_algs)
     assert doc["claims_parameter_supported"] is True
     assert doc["authorization_response_iss_parameter_supported"] is True
     assert set(doc["subject_types_supported"]) == {"public", "pairwise"}
