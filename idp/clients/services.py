@@ -313,7 +313,7 @@ def _current_settings(client: Client) -> dict[str, Any]:
     }
 
 
-def update_client(client_id: str, *, actor: str = "operator:cli", **changes: Any) -> Client:
+def update_client(client_id: str, /, *, actor: str = "operator:cli", **changes: Any) -> Client:
     """Change some of a client's settings (names as in ``UPDATABLE``); the result is checked
     with every registration rule. Returns the client.
 
