@@ -23,9 +23,10 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
-from sqlalchemy import create_engine, insert, make_url, select, text
+from sqlalchemy import create_engine, delete, insert, make_url, select, text
 
 from idp import create_app
+from idp.audit.models import AuditEvent
 from idp.extensions import db
 from idp.keys import services as key_service
 from idp.keys.models import SigningKey
@@ -106,6 +107,8 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
     with app.app_context():
         db.create_all()
         key_service.ensure_keys(actor="tests")
+        db.session.execute(delete(AuditEvent))  # tests start with an empty audit trail
+        db.session.commit()
         rows = [{c.key: getattr(k, c.key) for c in SigningKey.__table__.columns}
                 for k in db.session.scalars(select(SigningKey))]
         db.session.remove()
