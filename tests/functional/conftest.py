@@ -47,11 +47,30 @@ ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 # --- the live server --------------------------------------------------------------------------
 
+class ServerErrors:
+    """WSGI middleware noting every 5xx the live server answers: bad input must never get
+    one (SECURITY.md), whatever a test itself asserts."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.seen: list[str] = []
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        def watch(status: str, headers: Any, exc_info: Any = None) -> Any:
+            if status.startswith("5"):
+                self.seen.append(f"{environ.get('REQUEST_METHOD')} "
+                                 f"{environ.get('PATH_INFO')} -> {status}")
+            return start_response(status, headers, exc_info)
+
+        return self.app(environ, watch)
+
+
 @dataclass
 class Live:
     app: Flask
     issuer: str
     server: BaseWSGIServer
+    errors: ServerErrors
 
     def url(self, path: str) -> str:
         return self.issuer + path
@@ -87,13 +106,14 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     with app.app_context():
         schema.upgrade()
         keys.ensure_keys(actor="tests")
-    server.app = app
+    errors = ServerErrors(app)
+    server.app = errors
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                               daemon=True)
     thread.start()
     try:
-        yield Live(app=app, issuer=issuer, server=server)
+        yield Live(app=app, issuer=issuer, server=server, errors=errors)
     finally:
         server.shutdown()
         server.server_close()
@@ -101,12 +121,17 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
 
 
 @pytest.fixture
-def live(live_server: Live) -> Iterator[Live]:
-    """The live server, with every table but the signing keys emptied after the test."""
+def live(live_server: Live, request: pytest.FixtureRequest) -> Iterator[Live]:
+    """The live server, with every table but the signing keys emptied after the test, and a
+    check that it answered no 5xx during the test (xfail tests aside: they document bugs)."""
     keys.clear_caches()  # module-level: another app in this process may have filled them
     with live_server.app.app_context():
         db.session.remove()
+    live_server.errors.seen.clear()
     yield live_server
+    seen, live_server.errors.seen[:] = list(live_server.errors.seen), []
+    if request.node.get_closest_marker("xfail") is None:
+        assert not seen, f"the server answered 5xx: {seen}"
     with live_server.app.app_context():
         db.session.remove()
         with db.engine.begin() as conn:
