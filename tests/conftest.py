@@ -25,7 +25,7 @@ from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 from sqlalchemy import create_engine, delete, insert, make_url, select, text
 
-from idp import create_app
+from idp import create_app, schema
 from idp.audit.models import AuditEvent
 from idp.extensions import db
 from idp.keys import services as key_service
@@ -120,6 +120,8 @@ def _reset_postgres() -> None:
     # DELETE, children first: on a few rows it is much faster than TRUNCATE.
     for table in reversed(metadata().sorted_tables):
         db.session.execute(table.delete())
+    # Like the SQLite template, the database has tables but no migration history.
+    db.session.execute(text(f"DROP TABLE IF EXISTS {schema.VERSION_TABLE}"))
     db.session.commit()
 
 

@@ -246,6 +246,15 @@ def validate_settings(*, name: object, redirect_uris: Iterable[str] | None, auth
 
 # --- the service ------------------------------------------------------------------------------
 
+def new_client_id() -> str:
+    """A random, URL-safe client_id (128 bits) that does not start with "-" or "_", so that it
+    never reads as an option on a command line."""
+    while True:
+        client_id = new_public_id()
+        if client_id[0].isalnum():
+            return client_id
+
+
 def create_client(*, name: str, redirect_uris: Iterable[str], auth_method: str,
                   jwks: dict[str, Any] | None = None, jwks_uri: str | None = None,
                   scopes: Iterable[str] | None = None, grant_types: Iterable[str] | None = None,
@@ -265,7 +274,7 @@ def create_client(*, name: str, redirect_uris: Iterable[str], auth_method: str,
         subject_type=subject_type, post_logout_redirect_uris=post_logout_redirect_uris,
         backchannel_logout_uri=backchannel_logout_uri, profile=profile)
     secret = new_secret(CLIENT_SECRET_PREFIX) if settings["auth_method"] in SECRET_METHODS else None
-    client = Client(client_id=new_public_id(), secret_hash=digest(secret) if secret else None,
+    client = Client(client_id=new_client_id(), secret_hash=digest(secret) if secret else None,
                     status=ClientStatus.ACTIVE, **settings)
     db.session.add(client)
     record("clients:client:create", actor=actor, subject=f"client:{client.client_id}",

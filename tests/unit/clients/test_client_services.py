@@ -91,6 +91,13 @@ def test_client_ids_are_random_url_safe_and_unique() -> None:
     assert all(re.fullmatch(r"[A-Za-z0-9_-]{20,64}", i) for i in ids)
 
 
+def test_client_ids_never_start_like_a_command_line_option(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    candidates = iter(["-starts-with-dash", "_starts-with-underscore", "Fine-id_0123456789ab"])
+    monkeypatch.setattr(services, "new_public_id", lambda: next(candidates))
+    assert services.new_client_id() == "Fine-id_0123456789ab"
+
+
 def test_create_records_an_audit_event_without_the_secret() -> None:
     client, secret = make()
     [event] = audit("clients:client:create")
