@@ -92,6 +92,7 @@ def main() -> None:
 
 # --- init, serve, demo ------------------------------------------------------------------------
 
+
 def _initialise() -> dict[str, Any]:
     from idp import schema
     from idp.keys import services as keys
@@ -132,12 +133,14 @@ def _check_ready() -> None:
     if not at_head:
         raise click.ClickException(
             f"the database is at migration {current or 'none'}, not at {head}: "
-            "run `idp init` first (serve never migrates)")
+            "run `idp init` first (serve never migrates)"
+        )
     active = {k.alg for k in keys.list_keys() if k.state == "active"}
     missing = [alg for alg in KEY_ALGS if alg not in active]
     if missing:
-        raise click.ClickException(f"no active signing key for {', '.join(missing)}: "
-                                   "run `idp init` or `idp keys rotate`")
+        raise click.ClickException(
+            f"no active signing key for {', '.join(missing)}: run `idp init` or `idp keys rotate`"
+        )
     db.session.remove()
     for engine in db.engines.values():  # workers open their own connections after the fork
         engine.dispose()
@@ -147,9 +150,14 @@ def _run_gunicorn(*, host: str, port: int, workers: int, threads: int, timeout: 
     from gunicorn.app.base import BaseApplication
 
     bind = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
-    options = {"bind": bind, "workers": workers, "threads": threads,
-               "worker_class": "gthread" if threads > 1 else "sync", "timeout": timeout,
-               "proc_name": "corp-id"}
+    options = {
+        "bind": bind,
+        "workers": workers,
+        "threads": threads,
+        "worker_class": "gthread" if threads > 1 else "sync",
+        "timeout": timeout,
+        "proc_name": "corp-id",
+    }
 
     class CorpIdServer(BaseApplication):
         def load_config(self) -> None:
@@ -171,8 +179,15 @@ def _run_granian(*, host: str, port: int, workers: int, threads: int, timeout: i
     from granian import Granian
     from granian.constants import Interfaces
 
-    Granian("idp:create_app", address=host, port=port, interface=Interfaces.WSGI, factory=True,
-            workers=workers, blocking_threads=threads).serve()
+    Granian(
+        "idp:create_app",
+        address=host,
+        port=port,
+        interface=Interfaces.WSGI,
+        factory=True,
+        workers=workers,
+        blocking_threads=threads,
+    ).serve()
 
 
 SERVERS = {"gunicorn": _run_gunicorn, "granian": _run_granian}
@@ -181,16 +196,30 @@ SERVERS = {"gunicorn": _run_gunicorn, "granian": _run_granian}
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--workers", type=click.IntRange(1, 512), default=None,
-              help="Worker processes [default: 2 x CPUs + 1].")
-@click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True,
-              help="Threads per worker (more than 1: gunicorn's gthread worker).")
-@click.option("--timeout", type=click.IntRange(1, 3600), default=30, show_default=True,
-              help="Seconds before a silent worker is restarted (gunicorn).")
-@click.option("--server", type=click.Choice(sorted(SERVERS)), default="gunicorn",
-              show_default=True)
-def serve(host: str, port: int, workers: int | None, threads: int, timeout: int,
-          server: str) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 512),
+    default=None,
+    help="Worker processes [default: 2 x CPUs + 1].",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Threads per worker (more than 1: gunicorn's gthread worker).",
+)
+@click.option(
+    "--timeout",
+    type=click.IntRange(1, 3600),
+    default=30,
+    show_default=True,
+    help="Seconds before a silent worker is restarted (gunicorn).",
+)
+@click.option("--server", type=click.Choice(sorted(SERVERS)), default="gunicorn", show_default=True)
+def serve(
+    host: str, port: int, workers: int | None, threads: int, timeout: int, server: str
+) -> None:
     """Run the production server. Refuses to start unless the database is migrated."""
     with load_app().app_context():
         _check_ready()
@@ -220,19 +249,25 @@ def demo(host: str, port: int, as_json: bool) -> None:
         result = _initialise()
         seed = seed_demo()
     issuer = app.config["IDP"]["ISSUER"]
-    lines = [*_init_lines(result), f"issuer: {issuer}",
-             f"company: {seed.br_number} {'(created)' if seed.company_created else '(exists)'}"]
+    lines = [
+        *_init_lines(result),
+        f"issuer: {issuer}",
+        f"company: {seed.br_number} {'(created)' if seed.company_created else '(exists)'}",
+    ]
     if seed.invite_url:
         lines.append(f"admin invitation (single use): {seed.invite_url}")
     else:
         lines.append("admin invitation: the company already has an admin")
-    lines += [f"demo client (public, PKCE): {seed.client_id}",
-              f"demo client redirect URIs: {' '.join(seed.redirect_uris)}"]
+    lines += [
+        f"demo client (public, PKCE): {seed.client_id}",
+        f"demo client redirect URIs: {' '.join(seed.redirect_uris)}",
+    ]
     emit({**result, "issuer": issuer, **seed.as_dict()}, as_json, lines)
     _run_dev_server(app, host, port)
 
 
 # --- clients ----------------------------------------------------------------------------------
+
 
 @cli.group(cls=IdpGroup)
 def client() -> None:
@@ -243,24 +278,39 @@ def _client_options(*, create: bool) -> Callable[[F], F]:
     def decorate(func: F) -> F:
         options = [
             click.option("--name", required=create, help="Shown to people on consent."),
-            click.option("--redirect-uri", "redirect_uris", multiple=True,
-                         help="Exact redirect URI (repeatable; replaces the list on update)."),
+            click.option(
+                "--redirect-uri",
+                "redirect_uris",
+                multiple=True,
+                help="Exact redirect URI (repeatable; replaces the list on update).",
+            ),
             click.option("--auth-method", type=click.Choice(AUTH_METHODS), required=create),
-            click.option("--jwks-file", type=click.Path(exists=True, dir_okay=False),
-                         help="JSON file with the client's public JWK Set (private_key_jwt)."),
+            click.option(
+                "--jwks-file",
+                type=click.Path(exists=True, dir_okay=False),
+                help="JSON file with the client's public JWK Set (private_key_jwt).",
+            ),
             click.option("--jwks-uri", help="https URL of the client's JWK Set ('' clears)."),
             click.option("--scope", "scopes", multiple=True, help="Allowed scope (repeatable)."),
-            click.option("--grant-type", "grant_types", multiple=True,
-                         type=click.Choice(("authorization_code", "refresh_token",
-                                            "client_credentials"))),
+            click.option(
+                "--grant-type",
+                "grant_types",
+                multiple=True,
+                type=click.Choice(("authorization_code", "refresh_token", "client_credentials")),
+            ),
             click.option("--id-token-alg", type=click.Choice(ID_TOKEN_ALGS)),
-            click.option("--subject-type", type=click.Choice(("public", "pairwise")),
-                         default="public" if create else None),
-            click.option("--post-logout-redirect-uri", "post_logout_redirect_uris",
-                         multiple=True),
+            click.option(
+                "--subject-type",
+                type=click.Choice(("public", "pairwise")),
+                default="public" if create else None,
+            ),
+            click.option("--post-logout-redirect-uri", "post_logout_redirect_uris", multiple=True),
             click.option("--backchannel-logout-uri", help="Back-channel logout URL ('' clears)."),
-            click.option("--profile", type=click.Choice(("basic", "fapi2")),
-                         default="basic" if create else None),
+            click.option(
+                "--profile",
+                type=click.Choice(("basic", "fapi2")),
+                default="basic" if create else None,
+            ),
             json_option,
         ]
         for option in reversed(options):
@@ -334,8 +384,9 @@ def client_list(as_json: bool) -> None:
     from idp.clients import services as clients
 
     rows = [clients.client_as_dict(c) for c in clients.list_clients()]
-    lines = [f"{r['client_id']:<24} {r['status']:<9} {r['auth_method']:<20} {r['name']}"
-             for r in rows] or ["no clients"]
+    lines = [
+        f"{r['client_id']:<24} {r['status']:<9} {r['auth_method']:<20} {r['name']}" for r in rows
+    ] or ["no clients"]
     emit(rows, as_json, lines)
 
 
@@ -364,10 +415,13 @@ def client_update(client_id: str, as_json: bool, **options: Any) -> None:
         raise click.UsageError("nothing to change: give at least one option")
     data = clients.client_as_dict(clients.update_client(client_id, actor=ACTOR, **changes))
     lines = _client_lines(data)
-    if data["auth_method"] in ("client_secret_basic", "client_secret_post") and \
-            not data["has_secret"]:
-        lines.append(f"note: the client has no secret yet: run `idp client rotate-secret "
-                     f"{client_id}`")
+    if (
+        data["auth_method"] in ("client_secret_basic", "client_secret_post")
+        and not data["has_secret"]
+    ):
+        lines.append(
+            f"note: the client has no secret yet: run `idp client rotate-secret {client_id}`"
+        )
     emit(data, as_json, lines)
 
 
@@ -380,9 +434,14 @@ def client_rotate_secret(client_id: str, as_json: bool) -> None:
     from idp.clients import services as clients
 
     secret = clients.rotate_secret(client_id, actor=ACTOR)
-    emit({"client_id": client_id, "client_secret": secret}, as_json,
-         [f"client_secret: {secret}",
-          "(the secret is shown once: store it now; the old secret no longer works)"])
+    emit(
+        {"client_id": client_id, "client_secret": secret},
+        as_json,
+        [
+            f"client_secret: {secret}",
+            "(the secret is shown once: store it now; the old secret no longer works)",
+        ],
+    )
 
 
 @client.command("disable")
@@ -398,6 +457,7 @@ def client_disable(client_id: str, as_json: bool) -> None:
 
 
 # --- organisations ----------------------------------------------------------------------------
+
 
 @cli.group(cls=IdpGroup)
 def org() -> None:
@@ -415,19 +475,32 @@ def org_create(br_number: str, name: str, admin_email: str, as_json: bool) -> No
     from idp.orgs import services as orgs
 
     company, invitation, token = orgs.create_org_with_admin(
-        br_number=br_number, name=name, admin_email=admin_email, actor=ACTOR)
+        br_number=br_number, name=name, admin_email=admin_email, actor=ACTOR
+    )
     url = orgs.invite_url(token)
-    emit({"org_id": company.id, "br_number": company.br_number, "invite_url": url}, as_json,
-         [f"company: {company.br_number} {company.name_en}",
-          f"admin invitation for {invitation.email} (single use, expires "
-          f"{invitation.expires_at:%Y-%m-%d %H:%M} UTC):", url])
+    emit(
+        {"org_id": company.id, "br_number": company.br_number, "invite_url": url},
+        as_json,
+        [
+            f"company: {company.br_number} {company.name_en}",
+            f"admin invitation for {invitation.email} (single use, expires "
+            f"{invitation.expires_at:%Y-%m-%d %H:%M} UTC):",
+            url,
+        ],
+    )
 
 
 @org.command("invite")
 @click.argument("br_number")
 @click.option("--email", required=True)
-@click.option("--role", "roles", multiple=True, default=("member",), show_default=True,
-              type=click.Choice(("admin", "signatory", "member")))
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    default=("member",),
+    show_default=True,
+    type=click.Choice(("admin", "signatory", "member")),
+)
 @json_option
 @with_app
 def org_invite(br_number: str, email: str, roles: tuple[str, ...], as_json: bool) -> None:
@@ -435,14 +508,24 @@ def org_invite(br_number: str, email: str, roles: tuple[str, ...], as_json: bool
     from idp.orgs import services as orgs
 
     company = orgs.get_company_by_br(br_number)
-    invitation, token = orgs.create_invitation(company=company, email=email, roles=list(roles),
-                                               invited_by=ACTOR)
+    invitation, token = orgs.create_invitation(
+        company=company, email=email, roles=list(roles), invited_by=ACTOR
+    )
     url = orgs.invite_url(token)
-    emit({"org_id": company.id, "br_number": company.br_number, "invite_url": url,
-          "expires_at": invitation.expires_at.isoformat()}, as_json, [url])
+    emit(
+        {
+            "org_id": company.id,
+            "br_number": company.br_number,
+            "invite_url": url,
+            "expires_at": invitation.expires_at.isoformat(),
+        },
+        as_json,
+        [url],
+    )
 
 
 # --- signing keys -----------------------------------------------------------------------------
+
 
 @cli.group(cls=IdpGroup)
 def keys() -> None:
@@ -458,16 +541,22 @@ def keys_list(include_removed: bool, as_json: bool) -> None:
     from idp.keys import services as key_service
 
     rows = [k.as_dict() for k in key_service.list_keys(include_removed=include_removed)]
-    lines = [f"{r['kid']:<32} {r['alg']:<6} {r['state']:<8} from {r['activates_at']}"
-             + (f" retired {r['retired_at']}" if r["retired_at"] else "") for r in rows]
+    lines = [
+        f"{r['kid']:<32} {r['alg']:<6} {r['state']:<8} from {r['activates_at']}"
+        + (f" retired {r['retired_at']}" if r["retired_at"] else "")
+        for r in rows
+    ]
     emit(rows, as_json, lines or ["no keys: run `idp init`"])
 
 
 @keys.command("rotate")
 @click.option("--alg", type=click.Choice(KEY_ALGS), help="Only this algorithm [default: all].")
-@click.option("--overlap", type=click.IntRange(min=0), default=None,
-              help="Seconds the new key is published before it signs "
-                   "[default: IDP_KEY_ROTATION_OVERLAP].")
+@click.option(
+    "--overlap",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Seconds the new key is published before it signs [default: IDP_KEY_ROTATION_OVERLAP].",
+)
 @json_option
 @with_app
 def keys_rotate(alg: str | None, overlap: int | None, as_json: bool) -> None:
@@ -475,10 +564,14 @@ def keys_rotate(alg: str | None, overlap: int | None, as_json: bool) -> None:
     from idp.keys import services as key_service
 
     created = key_service.rotate(alg, overlap=overlap, actor=ACTOR)
-    rows = [{"kid": k.kid, "alg": k.alg, "activates_at": k.activates_at.isoformat()}
-            for k in created]
-    emit(rows, as_json, [f"{r['kid']} ({r['alg']}) published; signs from {r['activates_at']}"
-                         for r in rows])
+    rows = [
+        {"kid": k.kid, "alg": k.alg, "activates_at": k.activates_at.isoformat()} for k in created
+    ]
+    emit(
+        rows,
+        as_json,
+        [f"{r['kid']} ({r['alg']}) published; signs from {r['activates_at']}" for r in rows],
+    )
 
 
 @keys.command("retire")
@@ -490,6 +583,9 @@ def keys_retire(kid: str, as_json: bool) -> None:
     from idp.keys import services as key_service
 
     key = key_service.retire(kid, actor=ACTOR)
-    data = {"kid": key.kid, "alg": key.alg,
-            "retired_at": key.retired_at.isoformat() if key.retired_at else None}
+    data = {
+        "kid": key.kid,
+        "alg": key.alg,
+        "retired_at": key.retired_at.isoformat() if key.retired_at else None,
+    }
     emit(data, as_json, [f"retired {key.kid}; published until its tokens have expired"])

@@ -36,10 +36,15 @@ class DemoSeed:
     redirect_uris: tuple[str, ...]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"org_id": self.company_id, "br_number": self.br_number,
-                "company_created": self.company_created, "invite_url": self.invite_url,
-                "client_id": self.client_id, "client_created": self.client_created,
-                "redirect_uris": list(self.redirect_uris)}
+        return {
+            "org_id": self.company_id,
+            "br_number": self.br_number,
+            "company_created": self.company_created,
+            "invite_url": self.invite_url,
+            "client_id": self.client_id,
+            "client_created": self.client_created,
+            "redirect_uris": list(self.redirect_uris),
+        }
 
 
 def seed_demo() -> DemoSeed:
@@ -54,23 +59,36 @@ def seed_demo() -> DemoSeed:
         company_created = False
         token: str | None = None
         if not orgs.has_admin(company):
-            _, token = orgs.create_invitation(company=company, email=DEMO_ADMIN_EMAIL,
-                                              roles=[Role.ADMIN.value], invited_by=ACTOR)
+            _, token = orgs.create_invitation(
+                company=company, email=DEMO_ADMIN_EMAIL, roles=[Role.ADMIN.value], invited_by=ACTOR
+            )
     except NotFoundError:
         company, _, token = orgs.create_org_with_admin(
-            br_number=DEMO_BR_NUMBER, name=DEMO_COMPANY_NAME, admin_email=DEMO_ADMIN_EMAIL,
-            actor=ACTOR)
+            br_number=DEMO_BR_NUMBER,
+            name=DEMO_COMPANY_NAME,
+            admin_email=DEMO_ADMIN_EMAIL,
+            actor=ACTOR,
+        )
         company_created = True
 
-    client = db.session.scalar(select(Client).where(Client.name == DEMO_CLIENT_NAME)
-                               .order_by(Client.id).limit(1))
+    client = db.session.scalar(
+        select(Client).where(Client.name == DEMO_CLIENT_NAME).order_by(Client.id).limit(1)
+    )
     client_created = client is None
     if client is None:
         client, _ = clients.create_client(
-            name=DEMO_CLIENT_NAME, redirect_uris=list(DEMO_REDIRECT_URIS), auth_method="none",
-            post_logout_redirect_uris=["http://localhost:8080/"], actor=ACTOR)
-    return DemoSeed(company_id=company.id, br_number=company.br_number,
-                    company_created=company_created,
-                    invite_url=orgs.invite_url(token) if token else None,
-                    client_id=client.client_id, client_created=client_created,
-                    redirect_uris=tuple(client.redirect_uris))
+            name=DEMO_CLIENT_NAME,
+            redirect_uris=list(DEMO_REDIRECT_URIS),
+            auth_method="none",
+            post_logout_redirect_uris=["http://localhost:8080/"],
+            actor=ACTOR,
+        )
+    return DemoSeed(
+        company_id=company.id,
+        br_number=company.br_number,
+        company_created=company_created,
+        invite_url=orgs.invite_url(token) if token else None,
+        client_id=client.client_id,
+        client_created=client_created,
+        redirect_uris=tuple(client.redirect_uris),
+    )

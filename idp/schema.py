@@ -100,7 +100,8 @@ def upgrade(revision: str = "head") -> tuple[str | None, str | None]:
                 raise ConflictError(
                     "the database has Corp ID tables but no migration history "
                     f"({len(present)} tables, e.g. {sorted(present)[0]}); "
-                    "use an empty database or stamp it with `alembic stamp head`")
+                    "use an empty database or stamp it with `alembic stamp head`"
+                )
         command.upgrade(alembic_config(conn), revision)
         after = current_revision(conn)
     return before, after

@@ -32,8 +32,13 @@ def _url() -> str:
 
 
 def _configure(**kwargs: Any) -> None:
-    context.configure(target_metadata=metadata(), render_as_batch=True, compare_type=True,
-                      render_item=render_item, **kwargs)
+    context.configure(
+        target_metadata=metadata(),
+        render_as_batch=True,
+        compare_type=True,
+        render_item=render_item,
+        **kwargs,
+    )
 
 
 def run_offline() -> None:

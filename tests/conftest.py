@@ -82,8 +82,9 @@ def redis_url() -> str | None:
 
     number = int(parse_url(base).get("db", 0)) - _worker_index()
     if number < 0:
-        raise pytest.UsageError("IDP_REDIS_URL's database number is too low for this many "
-                                "xdist workers")
+        raise pytest.UsageError(
+            "IDP_REDIS_URL's database number is too low for this many xdist workers"
+        )
     head, _, _ = base.partition("?")
     return head.rsplit("/", 1)[0] + f"/{number}" if head.count("/") > 2 else f"{head}/{number}"
 
@@ -102,15 +103,22 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
     """Built once per session: copying a file is much faster than creating the tables."""
     folder = tmp_path_factory.mktemp("template")
     path = folder / "template.sqlite3"
-    app = create_app({"DATABASE_URL": f"sqlite:///{path}", "KEYS_DIR": str(folder / "keys"),
-                      "SECRET_KEY": TEST_SECRET_KEY})
+    app = create_app(
+        {
+            "DATABASE_URL": f"sqlite:///{path}",
+            "KEYS_DIR": str(folder / "keys"),
+            "SECRET_KEY": TEST_SECRET_KEY,
+        }
+    )
     with app.app_context():
         db.create_all()
         key_service.ensure_keys(actor="tests")
         db.session.execute(delete(AuditEvent))  # tests start with an empty audit trail
         db.session.commit()
-        rows = [{c.key: getattr(k, c.key) for c in SigningKey.__table__.columns}
-                for k in db.session.scalars(select(SigningKey))]
+        rows = [
+            {c.key: getattr(k, c.key) for c in SigningKey.__table__.columns}
+            for k in db.session.scalars(select(SigningKey))
+        ]
         db.session.remove()
         db.engine.dispose()  # the last connection closing folds the WAL into the file
     return Template(sqlite_path=path, key_rows=rows)
@@ -143,8 +151,9 @@ def _close(app: Flask) -> None:
 
 
 @pytest.fixture
-def make_app(tmp_path: Path, postgres_url: str | None, redis_url: str | None,
-             template: Template) -> Iterator[Callable[..., Flask]]:
+def make_app(
+    tmp_path: Path, postgres_url: str | None, redis_url: str | None, template: Template
+) -> Iterator[Callable[..., Flask]]:
     """A factory of test apps: ``make_app(tables=True, keys=True, **config_overrides)``.
 
     Every app made in one test shares that test's database and key folder (unless

@@ -39,14 +39,26 @@ MAX_URI_LENGTH = 2000
 MAX_JWKS_KEYS = 20
 
 # Fields an operator may change after registration (see ``update_client``).
-UPDATABLE = ("name", "redirect_uris", "auth_method", "jwks", "jwks_uri", "scopes", "grant_types",
-             "id_token_alg", "subject_type", "post_logout_redirect_uris",
-             "backchannel_logout_uri", "profile")
+UPDATABLE = (
+    "name",
+    "redirect_uris",
+    "auth_method",
+    "jwks",
+    "jwks_uri",
+    "scopes",
+    "grant_types",
+    "id_token_alg",
+    "subject_type",
+    "post_logout_redirect_uris",
+    "backchannel_logout_uri",
+    "profile",
+)
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 # --- validation -------------------------------------------------------------------------------
+
 
 def validate_uri(uri: object, *, field: str, https_only: bool = False) -> str:
     """Check one registered URL and return it unchanged (matching is by exact string).
@@ -94,8 +106,9 @@ def _uri_list(uris: Iterable[str] | None, *, field: str) -> list[str]:
     return list(dict.fromkeys(checked))
 
 
-def _subset(values: Iterable[str] | None, *, allowed: tuple[str, ...], default: tuple[str, ...],
-            field: str) -> list[str]:
+def _subset(
+    values: Iterable[str] | None, *, allowed: tuple[str, ...], default: tuple[str, ...], field: str
+) -> list[str]:
     if values is None:
         return list(default)
     if isinstance(values, str):
@@ -103,8 +116,9 @@ def _subset(values: Iterable[str] | None, *, allowed: tuple[str, ...], default: 
     chosen = list(dict.fromkeys(values))
     unknown = [v for v in chosen if v not in allowed]
     if unknown:
-        raise ValidationError(f"{field}: unsupported {', '.join(map(str, unknown))}; "
-                              f"choose from {', '.join(allowed)}")
+        raise ValidationError(
+            f"{field}: unsupported {', '.join(map(str, unknown))}; choose from {', '.join(allowed)}"
+        )
     if not chosen:
         raise ValidationError(f"{field}: at least one is required")
     return chosen
@@ -139,8 +153,10 @@ def validate_jwks(jwks: object) -> dict[str, Any]:
             raise ValidationError(f"jwks: key {index} is symmetric (kty oct); only public keys")
         private = [m for m in PRIVATE_JWK_MEMBERS if m in key]
         if private:
-            raise ValidationError(f"jwks: key {index} has private members "
-                                  f"({', '.join(private)}); register only public keys")
+            raise ValidationError(
+                f"jwks: key {index} has private members "
+                f"({', '.join(private)}); register only public keys"
+            )
         try:
             # Parsing only (no signing here): PyJWT knows every JWK shape we accept.
             parsed = jwt.PyJWK(dict(key))
@@ -148,8 +164,9 @@ def validate_jwks(jwks: object) -> dict[str, Any]:
             raise ValidationError(f"jwks: key {index} is not a valid public JWK: {exc}") from None
         size = getattr(parsed.key, "key_size", None)
         if key.get("kty") == "RSA" and (size is None or size < MIN_RSA_BITS):
-            raise ValidationError(f"jwks: key {index} is an RSA key shorter than "
-                                  f"{MIN_RSA_BITS} bits")
+            raise ValidationError(
+                f"jwks: key {index} is an RSA key shorter than {MIN_RSA_BITS} bits"
+            )
         kids.append(key.get("kid"))
     if len(keys) > 1 and (None in kids or len(set(kids)) != len(kids)):
         raise ValidationError("jwks: several keys need distinct kid values")
@@ -167,14 +184,21 @@ def _name(name: object) -> str:
     return name
 
 
-def validate_settings(*, name: object, redirect_uris: Iterable[str] | None, auth_method: object,
-                      jwks: object = None, jwks_uri: object = None,
-                      scopes: Iterable[str] | None = None,
-                      grant_types: Iterable[str] | None = None, id_token_alg: object = None,
-                      subject_type: object = "public",
-                      post_logout_redirect_uris: Iterable[str] | None = (),
-                      backchannel_logout_uri: object = None,
-                      profile: object = "basic") -> dict[str, Any]:
+def validate_settings(
+    *,
+    name: object,
+    redirect_uris: Iterable[str] | None,
+    auth_method: object,
+    jwks: object = None,
+    jwks_uri: object = None,
+    scopes: Iterable[str] | None = None,
+    grant_types: Iterable[str] | None = None,
+    id_token_alg: object = None,
+    subject_type: object = "public",
+    post_logout_redirect_uris: Iterable[str] | None = (),
+    backchannel_logout_uri: object = None,
+    profile: object = "basic",
+) -> dict[str, Any]:
     """Check a client's settings together; return them normalised, ready for the model.
 
     Raises ``ValidationError`` naming the first rule broken.
@@ -183,48 +207,58 @@ def validate_settings(*, name: object, redirect_uris: Iterable[str] | None, auth
     method = _enum(AuthMethod, auth_method, field="auth_method")
     client_profile = _enum(ClientProfile, profile, field="profile")
     subject = _enum(SubjectType, subject_type, field="subject_type")
-    grants = _subset(grant_types, allowed=GRANT_TYPES, default=DEFAULT_GRANT_TYPES,
-                     field="grant_types")
+    grants = _subset(
+        grant_types, allowed=GRANT_TYPES, default=DEFAULT_GRANT_TYPES, field="grant_types"
+    )
     allowed_scopes = _subset(scopes, allowed=SCOPES, default=DEFAULT_SCOPES, field="scopes")
     redirects = _uri_list(redirect_uris, field="redirect_uris")
     logout_redirects = _uri_list(post_logout_redirect_uris, field="post_logout_redirect_uris")
-    backchannel = (validate_uri(backchannel_logout_uri, field="backchannel_logout_uri")
-                   if backchannel_logout_uri is not None else None)
+    backchannel = (
+        validate_uri(backchannel_logout_uri, field="backchannel_logout_uri")
+        if backchannel_logout_uri is not None
+        else None
+    )
 
     if "authorization_code" in grants and not redirects:
         raise ValidationError("redirect_uris: at least one is required for authorization_code")
     if "refresh_token" in grants and "authorization_code" not in grants:
         raise ValidationError("grant_types: refresh_token needs authorization_code")
     if method is AuthMethod.NONE and "client_credentials" in grants:
-        raise ValidationError("grant_types: a public client (auth_method none) cannot use "
-                              "client_credentials")
+        raise ValidationError(
+            "grant_types: a public client (auth_method none) cannot use client_credentials"
+        )
 
     if jwks is not None and jwks_uri is not None:
         raise ValidationError("give jwks or jwks_uri, not both")
     checked_jwks = validate_jwks(jwks) if jwks is not None else None
-    checked_jwks_uri = (validate_uri(jwks_uri, field="jwks_uri", https_only=True)
-                        if jwks_uri is not None else None)
+    checked_jwks_uri = (
+        validate_uri(jwks_uri, field="jwks_uri", https_only=True) if jwks_uri is not None else None
+    )
     if method is AuthMethod.PRIVATE_KEY_JWT and checked_jwks is None and checked_jwks_uri is None:
         raise ValidationError("private_key_jwt needs the client's public keys: jwks or jwks_uri")
 
     if id_token_alg is None:
         id_token_alg = "PS256" if client_profile is ClientProfile.FAPI2 else "RS256"
     if id_token_alg not in ID_TOKEN_ALGS:
-        raise ValidationError(f"id_token_alg: {id_token_alg!r} is not one of "
-                              f"{', '.join(ID_TOKEN_ALGS)}")
+        raise ValidationError(
+            f"id_token_alg: {id_token_alg!r} is not one of {', '.join(ID_TOKEN_ALGS)}"
+        )
     if client_profile is ClientProfile.FAPI2:
         if method is not AuthMethod.PRIVATE_KEY_JWT:
             raise ValidationError("profile fapi2: auth_method must be private_key_jwt")
         if id_token_alg not in FAPI2_ALGS:
-            raise ValidationError(f"profile fapi2: id_token_alg must be one of "
-                                  f"{', '.join(FAPI2_ALGS)}")
+            raise ValidationError(
+                f"profile fapi2: id_token_alg must be one of {', '.join(FAPI2_ALGS)}"
+            )
 
     sector = None
     if subject is SubjectType.PAIRWISE:
         hosts = {urlsplit(u).hostname for u in redirects}
         if len(hosts) != 1:
-            raise ValidationError("subject_type pairwise: the redirect URIs must all share one "
-                                  "host (it identifies the sector)")
+            raise ValidationError(
+                "subject_type pairwise: the redirect URIs must all share one "
+                "host (it identifies the sector)"
+            )
         sector = hosts.pop()
 
     return {
@@ -246,6 +280,7 @@ def validate_settings(*, name: object, redirect_uris: Iterable[str] | None, auth
 
 # --- the service ------------------------------------------------------------------------------
 
+
 def new_client_id() -> str:
     """A random, URL-safe client_id (128 bits) that does not start with "-" or "_", so that it
     never reads as an option on a command line."""
@@ -255,13 +290,22 @@ def new_client_id() -> str:
             return client_id
 
 
-def create_client(*, name: str, redirect_uris: Iterable[str], auth_method: str,
-                  jwks: dict[str, Any] | None = None, jwks_uri: str | None = None,
-                  scopes: Iterable[str] | None = None, grant_types: Iterable[str] | None = None,
-                  id_token_alg: str | None = None, subject_type: str = "public",
-                  post_logout_redirect_uris: Iterable[str] = (),
-                  backchannel_logout_uri: str | None = None, profile: str = "basic",
-                  actor: str = "operator:cli") -> tuple[Client, str | None]:
+def create_client(
+    *,
+    name: str,
+    redirect_uris: Iterable[str],
+    auth_method: str,
+    jwks: dict[str, Any] | None = None,
+    jwks_uri: str | None = None,
+    scopes: Iterable[str] | None = None,
+    grant_types: Iterable[str] | None = None,
+    id_token_alg: str | None = None,
+    subject_type: str = "public",
+    post_logout_redirect_uris: Iterable[str] = (),
+    backchannel_logout_uri: str | None = None,
+    profile: str = "basic",
+    actor: str = "operator:cli",
+) -> tuple[Client, str | None]:
     """Register a relying party.
 
     Returns ``(client, secret)``: the plaintext secret for ``client_secret_basic`` and
@@ -269,18 +313,40 @@ def create_client(*, name: str, redirect_uris: Iterable[str], auth_method: str,
     ``private_key_jwt`` and ``none``. Raises ``ValidationError`` when a setting breaks a rule.
     """
     settings = validate_settings(
-        name=name, redirect_uris=redirect_uris, auth_method=auth_method, jwks=jwks,
-        jwks_uri=jwks_uri, scopes=scopes, grant_types=grant_types, id_token_alg=id_token_alg,
-        subject_type=subject_type, post_logout_redirect_uris=post_logout_redirect_uris,
-        backchannel_logout_uri=backchannel_logout_uri, profile=profile)
+        name=name,
+        redirect_uris=redirect_uris,
+        auth_method=auth_method,
+        jwks=jwks,
+        jwks_uri=jwks_uri,
+        scopes=scopes,
+        grant_types=grant_types,
+        id_token_alg=id_token_alg,
+        subject_type=subject_type,
+        post_logout_redirect_uris=post_logout_redirect_uris,
+        backchannel_logout_uri=backchannel_logout_uri,
+        profile=profile,
+    )
     secret = new_secret(CLIENT_SECRET_PREFIX) if settings["auth_method"] in SECRET_METHODS else None
-    client = Client(client_id=new_client_id(), secret_hash=digest(secret) if secret else None,
-                    status=ClientStatus.ACTIVE, **settings)
+    client = Client(
+        client_id=new_client_id(),
+        secret_hash=digest(secret) if secret else None,
+        status=ClientStatus.ACTIVE,
+        **settings,
+    )
     db.session.add(client)
-    record("clients:client:create", actor=actor, subject=f"client:{client.client_id}",
-           details={"name": client.name, "auth_method": client.auth_method.value,
-                    "redirect_uris": client.redirect_uris, "grant_types": client.grant_types,
-                    "scopes": client.scopes, "profile": client.profile.value})
+    record(
+        "clients:client:create",
+        actor=actor,
+        subject=f"client:{client.client_id}",
+        details={
+            "name": client.name,
+            "auth_method": client.auth_method.value,
+            "redirect_uris": client.redirect_uris,
+            "grant_types": client.grant_types,
+            "scopes": client.scopes,
+            "profile": client.profile.value,
+        },
+    )
     db.session.commit()
     return client, secret
 
@@ -341,8 +407,12 @@ def update_client(client_id: str, /, *, actor: str = "operator:cli", **changes: 
         setattr(client, key, settings[key])
     if client.auth_method not in SECRET_METHODS:
         client.secret_hash = None
-    record("clients:client:update", actor=actor, subject=f"client:{client.client_id}",
-           details={"changed": changed})
+    record(
+        "clients:client:update",
+        actor=actor,
+        subject=f"client:{client.client_id}",
+        details={"changed": changed},
+    )
     db.session.commit()
     return client
 
@@ -355,8 +425,10 @@ def rotate_secret(client_id: str, *, actor: str = "operator:cli") -> str:
     """
     client = get_client(client_id)
     if client.auth_method not in SECRET_METHODS:
-        raise ConflictError(f"client {client_id} authenticates with {client.auth_method.value}, "
-                            "which uses no secret")
+        raise ConflictError(
+            f"client {client_id} authenticates with {client.auth_method.value}, "
+            "which uses no secret"
+        )
     secret = new_secret(CLIENT_SECRET_PREFIX)
     client.secret_hash = digest(secret)
     record("clients:client:rotate-secret", actor=actor, subject=f"client:{client.client_id}")
@@ -373,12 +445,18 @@ def disable_client(client_id: str, *, actor: str = "operator:cli") -> Client:
     now = utcnow()
     client.status = ClientStatus.DISABLED
     result = db.session.execute(
-        update(Grant).where(Grant.client_id == client.id, Grant.revoked_at.is_(None))
+        update(Grant)
+        .where(Grant.client_id == client.id, Grant.revoked_at.is_(None))
         .values(revoked_at=now, revoked_reason="client_disabled")
-        .execution_options(synchronize_session=False))
+        .execution_options(synchronize_session=False)
+    )
     revoked = int(getattr(result, "rowcount", 0) or 0)
-    record("clients:client:disable", actor=actor, subject=f"client:{client.client_id}",
-           details={"grants_revoked": revoked})
+    record(
+        "clients:client:disable",
+        actor=actor,
+        subject=f"client:{client.client_id}",
+        details={"grants_revoked": revoked},
+    )
     db.session.commit()
     return client
 

@@ -33,8 +33,7 @@ def validate_br_number(value: object) -> str:
 
     Raises ``ValidationError``.
     """
-    if not isinstance(value, str) or len(value) != 8 or not value.isascii() or \
-            not value.isdigit():
+    if not isinstance(value, str) or len(value) != 8 or not value.isascii() or not value.isdigit():
         raise ValidationError("a BR number is exactly 8 digits")
     return value
 
@@ -72,14 +71,16 @@ def _roles(roles: Iterable[str]) -> list[str]:
     allowed = [r.value for r in Role]
     unknown = [r for r in chosen if r not in allowed]
     if unknown:
-        raise ValidationError(f"roles: unknown {', '.join(map(str, unknown))}; "
-                              f"choose from {', '.join(allowed)}")
+        raise ValidationError(
+            f"roles: unknown {', '.join(map(str, unknown))}; choose from {', '.join(allowed)}"
+        )
     if not chosen:
         raise ValidationError("roles: at least one role is required")
     return chosen
 
 
 # --- companies --------------------------------------------------------------------------------
+
 
 def _add_company(*, br_number: str, name_en: str, name_zh: str | None, actor: str) -> Company:
     br = validate_br_number(br_number)
@@ -94,13 +95,19 @@ def _add_company(*, br_number: str, name_en: str, name_zh: str | None, actor: st
     except IntegrityError:  # registered concurrently
         db.session.rollback()
         raise ConflictError(f"a company with BR number {br} already exists") from None
-    record("orgs:company:create", actor=actor, subject=f"company:{br}", company_id=company.id,
-           details={"name_en": english})
+    record(
+        "orgs:company:create",
+        actor=actor,
+        subject=f"company:{br}",
+        company_id=company.id,
+        details={"name_en": english},
+    )
     return company
 
 
-def create_company(*, br_number: str, name_en: str, name_zh: str | None = None,
-                   actor: str) -> Company:
+def create_company(
+    *, br_number: str, name_en: str, name_zh: str | None = None, actor: str
+) -> Company:
     """Register a company. Returns it (committed).
 
     Raises ``ValidationError`` for a malformed BR number or name, ``ConflictError`` when the BR
@@ -122,8 +129,10 @@ def get_company_by_br(br: str) -> Company:
 
 # --- invitations ------------------------------------------------------------------------------
 
-def _add_invitation(*, company: Company, email: str, roles: Iterable[str], invited_by: str,
-                    ttl: int | None) -> tuple[Invitation, str]:
+
+def _add_invitation(
+    *, company: Company, email: str, roles: Iterable[str], invited_by: str, ttl: int | None
+) -> tuple[Invitation, str]:
     if not company.is_active:
         raise ConflictError(f"company {company.br_number} is {company.status.value}")
     address = validate_email(email)
@@ -133,20 +142,34 @@ def _add_invitation(*, company: Company, email: str, roles: Iterable[str], invit
     if ttl <= 0:
         raise ValidationError("an invitation's lifetime must be positive")
     token = new_secret(INVITE_PREFIX)
-    invitation = Invitation(token_hash=digest(token), company_id=company.id, email=address,
-                            roles=chosen, invited_by=invited_by,
-                            expires_at=utcnow() + dt.timedelta(seconds=ttl))
+    invitation = Invitation(
+        token_hash=digest(token),
+        company_id=company.id,
+        email=address,
+        roles=chosen,
+        invited_by=invited_by,
+        expires_at=utcnow() + dt.timedelta(seconds=ttl),
+    )
     db.session.add(invitation)
     db.session.flush()
-    record("orgs:invitation:create", actor=invited_by, subject=f"company:{company.br_number}",
-           company_id=company.id,
-           details={"invitation_id": invitation.id, "email": address, "roles": chosen,
-                    "expires_at": invitation.expires_at.isoformat()})
+    record(
+        "orgs:invitation:create",
+        actor=invited_by,
+        subject=f"company:{company.br_number}",
+        company_id=company.id,
+        details={
+            "invitation_id": invitation.id,
+            "email": address,
+            "roles": chosen,
+            "expires_at": invitation.expires_at.isoformat(),
+        },
+    )
     return invitation, token
 
 
-def create_invitation(*, company: Company, email: str, roles: Iterable[str], invited_by: str,
-                      ttl: int | None = None) -> tuple[Invitation, str]:
+def create_invitation(
+    *, company: Company, email: str, roles: Iterable[str], invited_by: str, ttl: int | None = None
+) -> tuple[Invitation, str]:
     """Invite ``email`` to join ``company`` with ``roles``.
 
     Returns ``(invitation, token)``: the token goes in the link (``invite_url``) and is stored
@@ -154,8 +177,9 @@ def create_invitation(*, company: Company, email: str, roles: Iterable[str], inv
     ``IDP_INVITE_TTL``). Raises ``ValidationError`` for a bad address, role or lifetime and
     ``ConflictError`` when the company is not active.
     """
-    invitation, token = _add_invitation(company=company, email=email, roles=roles,
-                                        invited_by=invited_by, ttl=ttl)
+    invitation, token = _add_invitation(
+        company=company, email=email, roles=roles, invited_by=invited_by, ttl=ttl
+    )
     db.session.commit()
     return invitation, token
 
@@ -172,10 +196,13 @@ def find_valid_invitation(token: object) -> Invitation:
     """
     if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
         raise NotFoundError(INVALID_INVITATION)
-    invitation = db.session.scalar(select(Invitation)
-                                   .where(Invitation.token_hash == digest(token)))
-    if (invitation is None or invitation.used_at is not None
-            or invitation.expires_at <= utcnow() or not invitation.company.is_active):
+    invitation = db.session.scalar(select(Invitation).where(Invitation.token_hash == digest(token)))
+    if (
+        invitation is None
+        or invitation.used_at is not None
+        or invitation.expires_at <= utcnow()
+        or not invitation.company.is_active
+    ):
         raise NotFoundError(INVALID_INVITATION)
     return invitation
 
@@ -194,31 +221,47 @@ def consume_invitation(invitation: Invitation, person: Person) -> Membership:
         db.session.flush()
     result = db.session.execute(
         update(Invitation)
-        .where(Invitation.id == invitation.id, Invitation.used_at.is_(None),
-               Invitation.expires_at > now)
+        .where(
+            Invitation.id == invitation.id,
+            Invitation.used_at.is_(None),
+            Invitation.expires_at > now,
+        )
         .values(used_at=now, used_by_person_id=person.id)
-        .execution_options(synchronize_session=False))
+        .execution_options(synchronize_session=False)
+    )
     if getattr(result, "rowcount", 0) != 1:
         raise ConflictError(INVALID_INVITATION)
     db.session.refresh(invitation)
-    membership = db.session.scalar(select(Membership).where(
-        Membership.person_id == person.id, Membership.company_id == invitation.company_id))
+    membership = db.session.scalar(
+        select(Membership).where(
+            Membership.person_id == person.id, Membership.company_id == invitation.company_id
+        )
+    )
     if membership is None:
-        membership = Membership(person_id=person.id, company_id=invitation.company_id,
-                                roles=list(invitation.roles), status=MembershipStatus.ACTIVE)
+        membership = Membership(
+            person_id=person.id,
+            company_id=invitation.company_id,
+            roles=list(invitation.roles),
+            status=MembershipStatus.ACTIVE,
+        )
         db.session.add(membership)
     else:
         membership.roles = list(dict.fromkeys([*membership.roles, *invitation.roles]))
         membership.status = MembershipStatus.ACTIVE
-    record("orgs:invitation:consume", actor=f"person:{person.subject}",
-           subject=f"company:{invitation.company.br_number}", company_id=invitation.company_id,
-           details={"invitation_id": invitation.id, "roles": list(invitation.roles)})
+    record(
+        "orgs:invitation:consume",
+        actor=f"person:{person.subject}",
+        subject=f"company:{invitation.company.br_number}",
+        company_id=invitation.company_id,
+        details={"invitation_id": invitation.id, "roles": list(invitation.roles)},
+    )
     db.session.commit()
     return membership
 
 
-def create_org_with_admin(*, br_number: str, name: str, admin_email: str,
-                          actor: str) -> tuple[Company, Invitation, str]:
+def create_org_with_admin(
+    *, br_number: str, name: str, admin_email: str, actor: str
+) -> tuple[Company, Invitation, str]:
     """Register a company and invite its first administrator, in one transaction.
 
     Returns ``(company, invitation, token)``; ``invite_url(token)`` is the link to send.
@@ -227,14 +270,18 @@ def create_org_with_admin(*, br_number: str, name: str, admin_email: str,
     """
     admin_email = validate_email(admin_email)
     company = _add_company(br_number=br_number, name_en=name, name_zh=None, actor=actor)
-    invitation, token = _add_invitation(company=company, email=admin_email,
-                                        roles=[Role.ADMIN.value], invited_by=actor, ttl=None)
+    invitation, token = _add_invitation(
+        company=company, email=admin_email, roles=[Role.ADMIN.value], invited_by=actor, ttl=None
+    )
     db.session.commit()
     return company, invitation, token
 
 
 def has_admin(company: Company) -> bool:
     """Whether an active member of ``company`` holds the admin role."""
-    roles = db.session.scalars(select(Membership.roles).where(
-        Membership.company_id == company.id, Membership.status == MembershipStatus.ACTIVE))
+    roles = db.session.scalars(
+        select(Membership.roles).where(
+            Membership.company_id == company.id, Membership.status == MembershipStatus.ACTIVE
+        )
+    )
     return any(Role.ADMIN.value in r for r in roles)

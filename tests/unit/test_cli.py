@@ -32,6 +32,7 @@ from idp.orgs.models import Person
 
 RP = "https://tax.example.gov.hk/callback"
 BIN = Path(sys.executable).parent
+EVERYWHERE = "0.0.0.0"  # noqa: S104 -- only passed to a stub server
 
 
 def run(runner: CliRunner, *args: str, code: int = 0) -> Result:
@@ -64,6 +65,7 @@ def create_client(runner: CliRunner, *extra: str) -> dict[str, Any]:
 
 # --- help ------------------------------------------------------------------------------------
 
+
 def test_help_lists_the_commands() -> None:
     result = CliRunner().invoke(idp_cli.cli, ["--help"])
     assert result.exit_code == 0
@@ -73,8 +75,10 @@ def test_help_lists_the_commands() -> None:
 
 # --- init ------------------------------------------------------------------------------------
 
-def test_init_migrates_an_empty_database_and_creates_keys(make_app: Callable[..., Flask],
-                                                          tmp_path: Path) -> None:
+
+def test_init_migrates_an_empty_database_and_creates_keys(
+    make_app: Callable[..., Flask], tmp_path: Path
+) -> None:
     app = make_app(tables=False, keys=False, DATABASE_URL=f"sqlite:///{tmp_path / 'new.sqlite3'}")
     runner = app.test_cli_runner()
     first = data(run(runner, "init", "--json"))
@@ -83,7 +87,11 @@ def test_init_migrates_an_empty_database_and_creates_keys(make_app: Callable[...
     with app.app_context():
         assert schema.is_at_head()[0]
         assert {k.alg for k in db.session.scalars(select(SigningKey))} == {
-            "RS256", "PS256", "ES256", "EdDSA"}
+            "RS256",
+            "PS256",
+            "ES256",
+            "EdDSA",
+        }
 
     again = run(runner, "init")
     assert f"already at migration {schema.head_revision()}" in again.stdout
@@ -96,24 +104,24 @@ def test_init_refuses_a_database_without_history(runner: FlaskCliRunner) -> None
 
 # --- serve -----------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def servers(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
     calls: list[tuple[str, dict[str, Any]]] = []
     for name in ("gunicorn", "granian"):
-        monkeypatch.setitem(idp_cli.SERVERS, name,
-                            lambda name=name, **kw: calls.append((name, kw)))
+        monkeypatch.setitem(idp_cli.SERVERS, name, lambda name=name, **kw: calls.append((name, kw)))
     return calls
 
 
-def test_serve_refuses_an_unmigrated_database(runner: FlaskCliRunner,
-                                              servers: list[Any]) -> None:
+def test_serve_refuses_an_unmigrated_database(runner: FlaskCliRunner, servers: list[Any]) -> None:
     result = runner.invoke(idp_cli.cli, ["serve"])
     assert_one_line_error(result, "run `idp init` first")
     assert servers == []
 
 
-def test_serve_refuses_without_signing_keys(app: Flask, runner: FlaskCliRunner,
-                                            servers: list[Any]) -> None:
+def test_serve_refuses_without_signing_keys(
+    app: Flask, runner: FlaskCliRunner, servers: list[Any]
+) -> None:
     with app.app_context():
         schema.stamp()
         db.session.execute(SigningKey.__table__.delete().where(SigningKey.alg == "EdDSA"))
@@ -123,18 +131,42 @@ def test_serve_refuses_without_signing_keys(app: Flask, runner: FlaskCliRunner,
 
 
 @pytest.mark.parametrize("server", ["gunicorn", "granian"])
-def test_serve_starts_the_chosen_server(app: Flask, runner: FlaskCliRunner,
-                                        servers: list[Any], server: str) -> None:
+def test_serve_starts_the_chosen_server(
+    app: Flask, runner: FlaskCliRunner, servers: list[Any], server: str
+) -> None:
     with app.app_context():
         schema.stamp()
-    run(runner, "serve", "--host", "0.0.0.0", "--port", "8123", "--workers", "3",  # noqa: S104
-        "--threads", "4", "--server", server)
-    assert servers == [(server, {"host": "0.0.0.0", "port": 8123, "workers": 3,  # noqa: S104
-                                 "threads": 4, "timeout": 30})]
+    run(
+        runner,
+        "serve",
+        "--host",
+        EVERYWHERE,
+        "--port",
+        "8123",
+        "--workers",
+        "3",
+        "--threads",
+        "4",
+        "--server",
+        server,
+    )
+    assert servers == [
+        (
+            server,
+            {
+                "host": EVERYWHERE,
+                "port": 8123,
+                "workers": 3,
+                "threads": 4,
+                "timeout": 30,
+            },
+        )
+    ]
 
 
-def test_serve_defaults_to_gunicorn_with_workers_per_cpu(app: Flask, runner: FlaskCliRunner,
-                                                         servers: list[Any]) -> None:
+def test_serve_defaults_to_gunicorn_with_workers_per_cpu(
+    app: Flask, runner: FlaskCliRunner, servers: list[Any]
+) -> None:
     with app.app_context():
         schema.stamp()
     run(runner, "serve")
@@ -152,14 +184,21 @@ def _free_port() -> int:
 
 @pytest.mark.parametrize("server", ["gunicorn", "granian"])
 def test_serve_really_serves(tmp_path: Path, server: str) -> None:
-    env = {**os.environ, "IDP_DATABASE_URL": f"sqlite:///{tmp_path / 'live.sqlite3'}",
-           "IDP_KEYS_DIR": str(tmp_path / "keys"), "IDP_SECRET_KEY": "serve-test-secret",
-           "IDP_REDIS_URL": ""}
+    env = {
+        **os.environ,
+        "IDP_DATABASE_URL": f"sqlite:///{tmp_path / 'live.sqlite3'}",
+        "IDP_KEYS_DIR": str(tmp_path / "keys"),
+        "IDP_SECRET_KEY": "serve-test-secret",
+        "IDP_REDIS_URL": "",
+    }
     subprocess.run([BIN / "idp", "init"], env=env, check=True, capture_output=True, timeout=120)
     port = _free_port()
-    process = subprocess.Popen([BIN / "idp", "serve", "--port", str(port), "--workers", "1",
-                                "--server", server], env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [BIN / "idp", "serve", "--port", str(port), "--workers", "1", "--server", server],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -182,16 +221,19 @@ def test_serve_really_serves(tmp_path: Path, server: str) -> None:
 
 # --- demo ------------------------------------------------------------------------------------
 
+
 def test_demo_initialises_seeds_idempotently_and_runs_the_dev_server(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("IDP_DATABASE_URL", f"sqlite:///{tmp_path / 'demo.sqlite3'}")
     monkeypatch.setenv("IDP_KEYS_DIR", str(tmp_path / "keys"))
     monkeypatch.setenv("IDP_REDIS_URL", "")
     monkeypatch.delenv("IDP_ISSUER", raising=False)
     monkeypatch.delenv("IDP_DEMO", raising=False)
     served: list[tuple[Flask, str, int]] = []
-    monkeypatch.setattr(idp_cli, "_run_dev_server",
-                        lambda app, host, port: served.append((app, host, port)))
+    monkeypatch.setattr(
+        idp_cli, "_run_dev_server", lambda app, host, port: served.append((app, host, port))
+    )
     runner = CliRunner()
 
     first = data(run(runner, "demo", "--port", "5055", "--json"))
@@ -231,6 +273,7 @@ def test_demo_initialises_seeds_idempotently_and_runs_the_dev_server(
 
 # --- clients ---------------------------------------------------------------------------------
 
+
 def test_client_create_prints_id_and_secret_once(app: Flask, runner: FlaskCliRunner) -> None:
     created = create_client(runner)
     assert set(created) == {"client_id", "client_secret"}
@@ -244,30 +287,60 @@ def test_client_create_prints_id_and_secret_once(app: Flask, runner: FlaskCliRun
 
 
 def test_client_create_human_output(runner: FlaskCliRunner) -> None:
-    result = run(runner, "client", "create", "--name", "Bank", "--redirect-uri", RP,
-                 "--auth-method", "client_secret_post")
+    result = run(
+        runner,
+        "client",
+        "create",
+        "--name",
+        "Bank",
+        "--redirect-uri",
+        RP,
+        "--auth-method",
+        "client_secret_post",
+    )
     assert "client_id:" in result.stdout
     assert "client_secret: cis_" in result.stdout
     assert "shown once" in result.stdout
 
 
 def test_client_create_public_has_no_secret(runner: FlaskCliRunner) -> None:
-    created = create_client(runner, "--auth-method", "none", "--redirect-uri",
-                            "http://127.0.0.1:8080/cb")
+    created = create_client(
+        runner, "--auth-method", "none", "--redirect-uri", "http://127.0.0.1:8080/cb"
+    )
     assert created["client_secret"] is None
 
 
-def test_client_create_with_every_option(app: Flask, runner: FlaskCliRunner,
-                                         tmp_path: Path) -> None:
+def test_client_create_with_every_option(
+    app: Flask, runner: FlaskCliRunner, tmp_path: Path
+) -> None:
     jwk = ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP256R1()).public_key(), as_dict=True)
     jwks_file = tmp_path / "jwks.json"
     jwks_file.write_text(json.dumps({"keys": [jwk]}))
     created = create_client(
-        runner, "--auth-method", "private_key_jwt", "--jwks-file", str(jwks_file),
-        "--scope", "openid", "--scope", "corp", "--grant-type", "authorization_code",
-        "--grant-type", "client_credentials", "--id-token-alg", "ES256",
-        "--subject-type", "pairwise", "--post-logout-redirect-uri", "https://tax.example.gov.hk/",
-        "--backchannel-logout-uri", "https://tax.example.gov.hk/bcl", "--profile", "fapi2")
+        runner,
+        "--auth-method",
+        "private_key_jwt",
+        "--jwks-file",
+        str(jwks_file),
+        "--scope",
+        "openid",
+        "--scope",
+        "corp",
+        "--grant-type",
+        "authorization_code",
+        "--grant-type",
+        "client_credentials",
+        "--id-token-alg",
+        "ES256",
+        "--subject-type",
+        "pairwise",
+        "--post-logout-redirect-uri",
+        "https://tax.example.gov.hk/",
+        "--backchannel-logout-uri",
+        "https://tax.example.gov.hk/bcl",
+        "--profile",
+        "fapi2",
+    )
     assert created["client_secret"] is None
     with app.app_context():
         client = clients.client_as_dict(clients.get_client(created["client_id"]))
@@ -282,23 +355,57 @@ def test_client_create_with_every_option(app: Flask, runner: FlaskCliRunner,
 
 
 def test_client_create_invalid_is_a_one_line_error(runner: FlaskCliRunner) -> None:
-    result = runner.invoke(idp_cli.cli, ["client", "create", "--name", "Tax", "--redirect-uri",
-                                         "http://tax.example.gov.hk/cb", "--auth-method", "none"])
+    result = runner.invoke(
+        idp_cli.cli,
+        [
+            "client",
+            "create",
+            "--name",
+            "Tax",
+            "--redirect-uri",
+            "http://tax.example.gov.hk/cb",
+            "--auth-method",
+            "none",
+        ],
+    )
     assert_one_line_error(result, "redirect_uris", "https")
 
 
 def test_client_create_unreadable_jwks_file(runner: FlaskCliRunner, tmp_path: Path) -> None:
     bad = tmp_path / "jwks.json"
     bad.write_text("{not json")
-    result = runner.invoke(idp_cli.cli, ["client", "create", "--name", "Tax", "--redirect-uri",
-                                         RP, "--auth-method", "private_key_jwt",
-                                         "--jwks-file", str(bad)])
+    result = runner.invoke(
+        idp_cli.cli,
+        [
+            "client",
+            "create",
+            "--name",
+            "Tax",
+            "--redirect-uri",
+            RP,
+            "--auth-method",
+            "private_key_jwt",
+            "--jwks-file",
+            str(bad),
+        ],
+    )
     assert_one_line_error(result, "JWK Set")
 
 
 def test_client_create_refuses_unknown_choices(runner: FlaskCliRunner) -> None:
-    result = runner.invoke(idp_cli.cli, ["client", "create", "--name", "Tax", "--redirect-uri",
-                                         RP, "--auth-method", "client_secret_jwt"])
+    result = runner.invoke(
+        idp_cli.cli,
+        [
+            "client",
+            "create",
+            "--name",
+            "Tax",
+            "--redirect-uri",
+            RP,
+            "--auth-method",
+            "client_secret_jwt",
+        ],
+    )
     assert result.exit_code == 2
     assert "Traceback" not in result.output
 
@@ -323,22 +430,38 @@ def test_client_show_unknown_is_a_one_line_error(runner: FlaskCliRunner) -> None
 
 def test_client_update(app: Flask, runner: FlaskCliRunner) -> None:
     created = create_client(runner, "--backchannel-logout-uri", "https://tax.example.gov.hk/bcl")
-    updated = data(run(runner, "client", "update", created["client_id"], "--name", "Tax portal",
-                       "--redirect-uri", RP, "--redirect-uri", RP + "2",
-                       "--backchannel-logout-uri", "", "--json"))
+    updated = data(
+        run(
+            runner,
+            "client",
+            "update",
+            created["client_id"],
+            "--name",
+            "Tax portal",
+            "--redirect-uri",
+            RP,
+            "--redirect-uri",
+            RP + "2",
+            "--backchannel-logout-uri",
+            "",
+            "--json",
+        )
+    )
     assert updated["name"] == "Tax portal"
     assert updated["redirect_uris"] == [RP, RP + "2"]
     assert updated["backchannel_logout_uri"] is None
     assert updated["auth_method"] == "client_secret_basic"  # untouched
     with app.app_context():
         assert clients.get_client(created["client_id"]).check_client_secret(
-            created["client_secret"])
+            created["client_secret"]
+        )
 
 
 def test_client_update_to_a_secret_method_says_to_rotate(runner: FlaskCliRunner) -> None:
     created = create_client(runner, "--auth-method", "none")
-    result = run(runner, "client", "update", created["client_id"], "--auth-method",
-                 "client_secret_basic")
+    result = run(
+        runner, "client", "update", created["client_id"], "--auth-method", "client_secret_basic"
+    )
     assert "rotate-secret" in result.stdout
 
 
@@ -347,8 +470,9 @@ def test_client_update_errors(runner: FlaskCliRunner) -> None:
     nothing = runner.invoke(idp_cli.cli, ["client", "update", created["client_id"]])
     assert nothing.exit_code == 2
     assert "nothing to change" in nothing.output
-    bad = runner.invoke(idp_cli.cli, ["client", "update", created["client_id"],
-                                      "--redirect-uri", RP + "#fragment"])
+    bad = runner.invoke(
+        idp_cli.cli, ["client", "update", created["client_id"], "--redirect-uri", RP + "#fragment"]
+    )
     assert_one_line_error(bad, "fragment")
     unknown = runner.invoke(idp_cli.cli, ["client", "update", "nope", "--name", "x"])
     assert_one_line_error(unknown, "nope")
@@ -380,9 +504,22 @@ def test_client_disable(app: Flask, runner: FlaskCliRunner) -> None:
 
 # --- organisations ---------------------------------------------------------------------------
 
+
 def test_org_create_prints_the_admin_invitation(app: Flask, runner: FlaskCliRunner) -> None:
-    created = data(run(runner, "org", "create", "--br-number", "87654321", "--name",
-                       "Acme Trading Limited", "--admin-email", "boss@acme.example", "--json"))
+    created = data(
+        run(
+            runner,
+            "org",
+            "create",
+            "--br-number",
+            "87654321",
+            "--name",
+            "Acme Trading Limited",
+            "--admin-email",
+            "boss@acme.example",
+            "--json",
+        )
+    )
     assert set(created) == {"org_id", "br_number", "invite_url"}
     assert created["br_number"] == "87654321"
     assert created["invite_url"].startswith("http://localhost:5000/enrol/cii_")
@@ -390,38 +527,94 @@ def test_org_create_prints_the_admin_invitation(app: Flask, runner: FlaskCliRunn
         invitation = orgs.find_valid_invitation(created["invite_url"].rsplit("/", 1)[1])
         assert invitation.company_id == created["org_id"]
         assert invitation.roles == ["admin"]
-    again = runner.invoke(idp_cli.cli, ["org", "create", "--br-number", "87654321", "--name",
-                                        "Acme", "--admin-email", "boss@acme.example"])
+    again = runner.invoke(
+        idp_cli.cli,
+        [
+            "org",
+            "create",
+            "--br-number",
+            "87654321",
+            "--name",
+            "Acme",
+            "--admin-email",
+            "boss@acme.example",
+        ],
+    )
     assert_one_line_error(again, "already exists")
 
 
 def test_org_create_human_output(runner: FlaskCliRunner) -> None:
-    result = run(runner, "org", "create", "--br-number", "87654321", "--name", "Acme",
-                 "--admin-email", "boss@acme.example")
+    result = run(
+        runner,
+        "org",
+        "create",
+        "--br-number",
+        "87654321",
+        "--name",
+        "Acme",
+        "--admin-email",
+        "boss@acme.example",
+    )
     assert "87654321 Acme" in result.stdout
     assert "/enrol/cii_" in result.stdout
 
 
 @pytest.mark.parametrize("br", ["1234567", "1234567x", "123456789"])
 def test_org_create_bad_br_number(runner: FlaskCliRunner, br: str) -> None:
-    result = runner.invoke(idp_cli.cli, ["org", "create", "--br-number", br, "--name", "Acme",
-                                         "--admin-email", "boss@acme.example"])
+    result = runner.invoke(
+        idp_cli.cli,
+        [
+            "org",
+            "create",
+            "--br-number",
+            br,
+            "--name",
+            "Acme",
+            "--admin-email",
+            "boss@acme.example",
+        ],
+    )
     assert_one_line_error(result, "8 digits")
 
 
 def test_org_invite(app: Flask, runner: FlaskCliRunner) -> None:
-    run(runner, "org", "create", "--br-number", "87654321", "--name", "Acme",
-        "--admin-email", "boss@acme.example")
-    invited = data(run(runner, "org", "invite", "87654321", "--email", "lee@acme.example",
-                       "--role", "signatory", "--role", "member", "--json"))
+    run(
+        runner,
+        "org",
+        "create",
+        "--br-number",
+        "87654321",
+        "--name",
+        "Acme",
+        "--admin-email",
+        "boss@acme.example",
+    )
+    invited = data(
+        run(
+            runner,
+            "org",
+            "invite",
+            "87654321",
+            "--email",
+            "lee@acme.example",
+            "--role",
+            "signatory",
+            "--role",
+            "member",
+            "--json",
+        )
+    )
     with app.app_context():
         invitation = orgs.find_valid_invitation(invited["invite_url"].rsplit("/", 1)[1])
         assert invitation.roles == ["signatory", "member"]
-    assert_one_line_error(runner.invoke(idp_cli.cli, ["org", "invite", "11111111", "--email",
-                                                      "x@acme.example"]), "11111111")
+    assert_one_line_error(
+        runner.invoke(idp_cli.cli, ["org", "invite", "11111111", "--email", "x@acme.example"]),
+        "11111111",
+    )
 
 
 # --- keys ------------------------------------------------------------------------------------
+
 
 def test_keys_list(runner: FlaskCliRunner) -> None:
     listed = data(run(runner, "keys", "list", "--json"))
@@ -453,6 +646,7 @@ def test_keys_errors(runner: FlaskCliRunner) -> None:
 
 
 # --- environment errors ----------------------------------------------------------------------
+
 
 def test_database_errors_are_one_line(make_app: Callable[..., Flask], tmp_path: Path) -> None:
     app = make_app(tables=False, keys=False, DATABASE_URL=f"sqlite:///{tmp_path / 'e.sqlite3'}")

@@ -49,8 +49,9 @@ def _upgrade_check_downgrade(app: Flask) -> None:
         assert schema.is_at_head()[0]
 
 
-def test_sqlite_upgrade_matches_models_and_downgrades(make_app: Callable[..., Flask],
-                                                      tmp_path: Path) -> None:
+def test_sqlite_upgrade_matches_models_and_downgrades(
+    make_app: Callable[..., Flask], tmp_path: Path
+) -> None:
     app = make_app(tables=False, keys=False, DATABASE_URL=f"sqlite:///{tmp_path / 'm.sqlite3'}")
     _upgrade_check_downgrade(app)
 
@@ -75,10 +76,12 @@ def test_upgrade_refuses_tables_without_history(app: Flask) -> None:
 def test_alembic_command_line_uses_the_app_settings(tmp_path: Path) -> None:
     env = {**os.environ, "IDP_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.sqlite3'}"}
     alembic = [sys.executable, "-m", "alembic", "-c", str(ROOT / "migrations" / "alembic.ini")]
-    subprocess.run([*alembic, "upgrade", "head"], env=env, check=True, capture_output=True,
-                   timeout=120)
-    result = subprocess.run([*alembic, "current"], env=env, check=True, capture_output=True,
-                            text=True, timeout=120)
+    subprocess.run(
+        [*alembic, "upgrade", "head"], env=env, check=True, capture_output=True, timeout=120
+    )
+    result = subprocess.run(
+        [*alembic, "current"], env=env, check=True, capture_output=True, text=True, timeout=120
+    )
     assert f"{schema.head_revision()} (head)" in result.stdout
 
 

@@ -28,28 +28,30 @@ RP = "https://tax.example.gov.hk/callback"
 
 
 def make(**overrides: Any) -> tuple[Client, str | None]:
-    settings: dict[str, Any] = {"name": "Tax e-service", "redirect_uris": [RP],
-                                "auth_method": "client_secret_basic"}
+    settings: dict[str, Any] = {
+        "name": "Tax e-service",
+        "redirect_uris": [RP],
+        "auth_method": "client_secret_basic",
+    }
     settings.update(overrides)
     return services.create_client(**settings)
 
 
 def public_jwk(kind: str = "ec", kid: str | None = "k1") -> dict[str, Any]:
     if kind == "ec":
-        jwk = ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP256R1()).public_key(),
-                                 as_dict=True)
+        jwk = ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP256R1()).public_key(), as_dict=True)
     elif kind == "okp":
-        jwk = OKPAlgorithm.to_jwk(ed25519.Ed25519PrivateKey.generate().public_key(),
-                                  as_dict=True)
+        jwk = OKPAlgorithm.to_jwk(ed25519.Ed25519PrivateKey.generate().public_key(), as_dict=True)
     else:
-        jwk = RSAAlgorithm.to_jwk(rsa.generate_private_key(65537, 2048).public_key(),
-                                  as_dict=True)
+        jwk = RSAAlgorithm.to_jwk(rsa.generate_private_key(65537, 2048).public_key(), as_dict=True)
     return {**jwk, "kid": kid} if kid else jwk
 
 
 def private_jwk() -> dict[str, Any]:
-    return {**ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP256R1()), as_dict=True),
-            "kid": "k1"}
+    return {
+        **ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP256R1()), as_dict=True),
+        "kid": "k1",
+    }
 
 
 def client_count() -> int:
@@ -61,6 +63,7 @@ def audit(tag: str) -> list[AuditEvent]:
 
 
 # --- creation -----------------------------------------------------------------------------------
+
 
 def test_confidential_client_gets_a_prefixed_secret_stored_only_as_its_digest() -> None:
     client, secret = make()
@@ -91,8 +94,7 @@ def test_client_ids_are_random_url_safe_and_unique() -> None:
     assert all(re.fullmatch(r"[A-Za-z0-9_-]{20,64}", i) for i in ids)
 
 
-def test_client_ids_never_start_like_a_command_line_option(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_client_ids_never_start_like_a_command_line_option(monkeypatch: pytest.MonkeyPatch) -> None:
     candidates = iter(["-starts-with-dash", "_starts-with-underscore", "Fine-id_0123456789ab"])
     monkeypatch.setattr(services, "new_public_id", lambda: next(candidates))
     assert services.new_client_id() == "Fine-id_0123456789ab"
@@ -124,8 +126,15 @@ def test_secret_methods_get_a_secret(method: str) -> None:
     assert client.check_client_secret(secret)
 
 
-@pytest.mark.parametrize("uri", ["http://127.0.0.1:8080/cb", "http://[::1]/cb",
-                                 "http://localhost:3000/callback", "http://127.0.0.1/cb"])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "http://127.0.0.1:8080/cb",
+        "http://[::1]/cb",
+        "http://localhost:3000/callback",
+        "http://127.0.0.1/cb",
+    ],
+)
 def test_http_is_allowed_on_loopback_hosts(uri: str) -> None:
     client, _ = make(redirect_uris=[uri])
     assert client.redirect_uris == [uri]
@@ -140,9 +149,15 @@ def test_redirect_uris_are_stored_as_exact_strings() -> None:
     assert not client.check_redirect_uri(uri.rstrip("n"))
 
 
-@pytest.mark.parametrize("jwks", [{"keys": [public_jwk("ec")]}, {"keys": [public_jwk("okp")]},
-                                  {"keys": [public_jwk("rsa")]},
-                                  {"keys": [public_jwk("ec", "a"), public_jwk("rsa", "b")]}])
+@pytest.mark.parametrize(
+    "jwks",
+    [
+        {"keys": [public_jwk("ec")]},
+        {"keys": [public_jwk("okp")]},
+        {"keys": [public_jwk("rsa")]},
+        {"keys": [public_jwk("ec", "a"), public_jwk("rsa", "b")]},
+    ],
+)
 def test_private_key_jwt_with_public_jwks(jwks: dict[str, Any]) -> None:
     client, _ = make(auth_method="private_key_jwt", jwks=jwks)
     assert client.jwks == jwks
@@ -156,8 +171,10 @@ def test_private_key_jwt_with_jwks_uri() -> None:
 
 
 def test_pairwise_sector_is_the_redirect_host() -> None:
-    client, _ = make(subject_type="pairwise",
-                     redirect_uris=["https://bank.example.hk/a", "https://bank.example.hk/b"])
+    client, _ = make(
+        subject_type="pairwise",
+        redirect_uris=["https://bank.example.hk/a", "https://bank.example.hk/b"],
+    )
     assert client.subject_type is SubjectType.PAIRWISE
     assert client.sector_identifier == "bank.example.hk"
 
@@ -174,15 +191,18 @@ def test_id_token_alg_can_be_chosen(alg: str) -> None:
 
 
 def test_fapi2_client_defaults_to_ps256() -> None:
-    client, secret = make(profile="fapi2", auth_method="private_key_jwt",
-                          jwks={"keys": [public_jwk()]})
+    client, secret = make(
+        profile="fapi2", auth_method="private_key_jwt", jwks={"keys": [public_jwk()]}
+    )
     assert client.id_token_alg == "PS256"
     assert secret is None
 
 
 def test_logout_uris_are_stored() -> None:
-    client, _ = make(post_logout_redirect_uris=["https://tax.example.gov.hk/bye"],
-                     backchannel_logout_uri="https://tax.example.gov.hk/bcl")
+    client, _ = make(
+        post_logout_redirect_uris=["https://tax.example.gov.hk/bye"],
+        backchannel_logout_uri="https://tax.example.gov.hk/bcl",
+    )
     assert client.post_logout_redirect_uris == ["https://tax.example.gov.hk/bye"]
     assert client.backchannel_logout_uri == "https://tax.example.gov.hk/bcl"
 
@@ -252,8 +272,11 @@ def test_private_key_jwt_needs_keys() -> None:
 
 def test_jwks_and_jwks_uri_together_are_refused() -> None:
     with pytest.raises(ValidationError, match="not both"):
-        make(auth_method="private_key_jwt", jwks={"keys": [public_jwk()]},
-             jwks_uri="https://rp.example/jwks.json")
+        make(
+            auth_method="private_key_jwt",
+            jwks={"keys": [public_jwk()]},
+            jwks_uri="https://rp.example/jwks.json",
+        )
 
 
 @pytest.mark.parametrize("member", ["d", "p", "q", "dp", "dq", "qi", "k"])
@@ -273,34 +296,47 @@ def test_symmetric_jwk_is_refused() -> None:
         make(auth_method="private_key_jwt", jwks={"keys": [{"kty": "oct", "kid": "s"}]})
 
 
-@pytest.mark.parametrize("jwks", [
-    pytest.param({"keys": []}, id="empty"),
-    pytest.param({"kty": "EC"}, id="not-a-set"),
-    pytest.param([{"kty": "EC"}], id="list"),
-    pytest.param({"keys": ["x"]}, id="key-not-object"),
-    pytest.param({"keys": [{"kty": "EC", "crv": "P-256", "x": "zz", "y": "zz"}]}, id="bad-ec"),
-    pytest.param({"keys": [{"kty": "RSA", "n": "AQAB", "e": "AQAB"}]}, id="bad-rsa"),
-    pytest.param({"keys": [{"kty": "OKP", "crv": "X25519", "x": "AAAA"}]}, id="x25519"),
-    pytest.param({"keys": [{"kty": "XYZ"}]}, id="unknown-kty"),
-    pytest.param({"keys": [public_jwk("ec", None), public_jwk("ec", None)]}, id="no-kids"),
-    pytest.param({"keys": [public_jwk("ec", "same"), public_jwk("ec", "same")]},
-                 id="duplicate-kids"),
-    pytest.param({"keys": [public_jwk("ec", str(i)) for i in range(21)]}, id="too-many"),
-])
+@pytest.mark.parametrize(
+    "jwks",
+    [
+        pytest.param({"keys": []}, id="empty"),
+        pytest.param({"kty": "EC"}, id="not-a-set"),
+        pytest.param([{"kty": "EC"}], id="list"),
+        pytest.param({"keys": ["x"]}, id="key-not-object"),
+        pytest.param({"keys": [{"kty": "EC", "crv": "P-256", "x": "zz", "y": "zz"}]}, id="bad-ec"),
+        pytest.param({"keys": [{"kty": "RSA", "n": "AQAB", "e": "AQAB"}]}, id="bad-rsa"),
+        pytest.param({"keys": [{"kty": "OKP", "crv": "X25519", "x": "AAAA"}]}, id="x25519"),
+        pytest.param({"keys": [{"kty": "XYZ"}]}, id="unknown-kty"),
+        pytest.param({"keys": [public_jwk("ec", None), public_jwk("ec", None)]}, id="no-kids"),
+        pytest.param(
+            {"keys": [public_jwk("ec", "same"), public_jwk("ec", "same")]}, id="duplicate-kids"
+        ),
+        pytest.param({"keys": [public_jwk("ec", str(i)) for i in range(21)]}, id="too-many"),
+    ],
+)
 def test_malformed_jwks_is_refused(jwks: Any) -> None:
     with pytest.raises(ValidationError, match="jwks"):
         make(auth_method="private_key_jwt", jwks=jwks)
 
 
 def test_short_rsa_key_is_refused() -> None:
-    short = RSAAlgorithm.to_jwk(rsa.generate_private_key(65537, 1024).public_key(),  # noqa: S505
-                                as_dict=True)
+    short = RSAAlgorithm.to_jwk(
+        rsa.generate_private_key(65537, 1024).public_key(),  # noqa: S505
+        as_dict=True,
+    )
     with pytest.raises(ValidationError, match="2048"):
         make(auth_method="private_key_jwt", jwks={"keys": [short]})
 
 
-@pytest.mark.parametrize("uri", ["http://rp.example/jwks.json", "http://127.0.0.1/jwks.json",
-                                 "https://rp.example/jwks.json#x", "jwks.json"])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "http://rp.example/jwks.json",
+        "http://127.0.0.1/jwks.json",
+        "https://rp.example/jwks.json#x",
+        "jwks.json",
+    ],
+)
 def test_jwks_uri_must_be_https(uri: str) -> None:
     with pytest.raises(ValidationError, match="jwks_uri"):
         make(auth_method="private_key_jwt", jwks_uri=uri)
@@ -308,8 +344,7 @@ def test_jwks_uri_must_be_https(uri: str) -> None:
 
 def test_public_client_cannot_use_client_credentials() -> None:
     with pytest.raises(ValidationError, match="client_credentials"):
-        make(auth_method="none",
-             grant_types=["authorization_code", "client_credentials"])
+        make(auth_method="none", grant_types=["authorization_code", "client_credentials"])
 
 
 @pytest.mark.parametrize("alg", ["none", "HS256", "HS512", "RS512", "ES384", "", "rs256"])
@@ -325,8 +360,10 @@ def test_unknown_subject_type_is_refused() -> None:
 
 def test_pairwise_redirect_uris_must_share_a_host() -> None:
     with pytest.raises(ValidationError, match="one host"):
-        make(subject_type="pairwise",
-             redirect_uris=["https://a.example.hk/cb", "https://b.example.hk/cb"])
+        make(
+            subject_type="pairwise",
+            redirect_uris=["https://a.example.hk/cb", "https://b.example.hk/cb"],
+        )
 
 
 def test_pairwise_needs_a_redirect_uri() -> None:
@@ -340,8 +377,9 @@ def test_scopes_must_be_supported(scopes: list[str]) -> None:
         make(scopes=scopes)
 
 
-@pytest.mark.parametrize("grants", [["implicit"], ["password"], ["authorization_code", "device"],
-                                    []])
+@pytest.mark.parametrize(
+    "grants", [["implicit"], ["password"], ["authorization_code", "device"], []]
+)
 def test_grant_types_must_be_supported(grants: list[str]) -> None:
     with pytest.raises(ValidationError, match="grant_types"):
         make(grant_types=grants)
@@ -359,8 +397,12 @@ def test_fapi2_needs_private_key_jwt() -> None:
 
 def test_fapi2_refuses_rs256() -> None:
     with pytest.raises(ValidationError, match="fapi2"):
-        make(profile="fapi2", auth_method="private_key_jwt", jwks={"keys": [public_jwk()]},
-             id_token_alg="RS256")
+        make(
+            profile="fapi2",
+            auth_method="private_key_jwt",
+            jwks={"keys": [public_jwk()]},
+            id_token_alg="RS256",
+        )
 
 
 def test_unknown_profile_is_refused() -> None:
@@ -375,6 +417,7 @@ def test_bad_name_is_refused(name: Any) -> None:
 
 
 # --- lookup -----------------------------------------------------------------------------------
+
 
 def test_get_and_query_client() -> None:
     client, _ = make()
@@ -420,10 +463,12 @@ def test_client_as_dict_has_no_secret() -> None:
 
 # --- update -----------------------------------------------------------------------------------
 
+
 def test_update_changes_settings_and_audits_names_of_fields() -> None:
     client, _ = make()
-    updated = services.update_client(client.client_id, name="Tax portal",
-                                     redirect_uris=[RP, "https://tax.example.gov.hk/cb2"])
+    updated = services.update_client(
+        client.client_id, name="Tax portal", redirect_uris=[RP, "https://tax.example.gov.hk/cb2"]
+    )
     assert updated.name == "Tax portal"
     assert len(updated.redirect_uris) == 2
     [event] = audit("clients:client:update")
@@ -458,8 +503,9 @@ def test_update_unknown_client() -> None:
 
 def test_switching_away_from_a_secret_method_drops_the_secret() -> None:
     client, secret = make()
-    services.update_client(client.client_id, auth_method="private_key_jwt",
-                           jwks={"keys": [public_jwk()]})
+    services.update_client(
+        client.client_id, auth_method="private_key_jwt", jwks={"keys": [public_jwk()]}
+    )
     assert client.secret_hash is None
     assert secret is not None
     assert not client.check_client_secret(secret)
@@ -472,6 +518,7 @@ def test_update_recomputes_the_pairwise_sector() -> None:
 
 
 # --- secrets ----------------------------------------------------------------------------------
+
 
 def test_rotate_secret_replaces_the_old_one() -> None:
     client, old = make()
@@ -509,8 +556,10 @@ def test_secret_method_after_public_needs_rotate() -> None:
 
 # --- disabling --------------------------------------------------------------------------------
 
-def _grant(client: Client, *, revoked: dt.datetime | None = None,
-           reason: str | None = None) -> Grant:
+
+def _grant(
+    client: Client, *, revoked: dt.datetime | None = None, reason: str | None = None
+) -> Grant:
     person = Person(display_name="Chan Tai Man", email="chan@example.hk")
     company = db.session.scalar(select(Company).where(Company.br_number == "11111111"))
     if company is None:
@@ -518,10 +567,17 @@ def _grant(client: Client, *, revoked: dt.datetime | None = None,
     db.session.add_all([person, company])
     db.session.flush()
     now = utcnow()
-    grant = Grant(gid=f"g-{person.id}-{client.id}", client_id=client.id, person_id=person.id,
-                  company_id=company.id, scope="openid", auth_time=now,
-                  expires_at=now + dt.timedelta(days=1), revoked_at=revoked,
-                  revoked_reason=reason)
+    grant = Grant(
+        gid=f"g-{person.id}-{client.id}",
+        client_id=client.id,
+        person_id=person.id,
+        company_id=company.id,
+        scope="openid",
+        auth_time=now,
+        expires_at=now + dt.timedelta(days=1),
+        revoked_at=revoked,
+        revoked_reason=reason,
+    )
     db.session.add(grant)
     db.session.commit()
     return grant

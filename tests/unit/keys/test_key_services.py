@@ -42,12 +42,16 @@ def travel(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
 
 # --- generation -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("alg", "kty", "crv", "key_type"), [
-    ("RS256", "RSA", None, rsa.RSAPrivateKey),
-    ("PS256", "RSA", None, rsa.RSAPrivateKey),
-    ("ES256", "EC", "P-256", ec.EllipticCurvePrivateKey),
-    ("EdDSA", "OKP", "Ed25519", ed25519.Ed25519PrivateKey),
-])
+
+@pytest.mark.parametrize(
+    ("alg", "kty", "crv", "key_type"),
+    [
+        ("RS256", "RSA", None, rsa.RSAPrivateKey),
+        ("PS256", "RSA", None, rsa.RSAPrivateKey),
+        ("ES256", "EC", "P-256", ec.EllipticCurvePrivateKey),
+        ("EdDSA", "OKP", "Ed25519", ed25519.Ed25519PrivateKey),
+    ],
+)
 def test_create_key_per_algorithm(alg: str, kty: str, crv: str | None, key_type: type) -> None:
     created = keys.create_key(alg, actor="tests")
     assert created.kid.startswith(alg.lower() + "-")
@@ -85,20 +89,35 @@ def test_ensure_keys_creates_one_per_missing_algorithm() -> None:
 
 # --- states -----------------------------------------------------------------------------------
 
-def _key(now: dt.datetime, *, activates: float = -60, retired: float | None = None,
-         removed: float | None = None) -> SigningKey:
+
+def _key(
+    now: dt.datetime,
+    *,
+    activates: float = -60,
+    retired: float | None = None,
+    removed: float | None = None,
+) -> SigningKey:
     def at(offset: float | None) -> dt.datetime | None:
         return None if offset is None else now + dt.timedelta(seconds=offset)
 
-    return SigningKey(kid="k", alg="ES256", public_jwk={}, private_key_encrypted=b"",
-                      created_at=now, activates_at=at(activates), retired_at=at(retired),
-                      removed_at=at(removed))
+    return SigningKey(
+        kid="k",
+        alg="ES256",
+        public_jwk={},
+        private_key_encrypted=b"",
+        created_at=now,
+        activates_at=at(activates),
+        retired_at=at(retired),
+        removed_at=at(removed),
+    )
 
 
 def test_states_follow_from_timestamps(app: Flask) -> None:
     now = utcnow()
-    lifetime = max(app.config["IDP"]["ACCESS_TOKEN_TTL"], app.config["IDP"]["ID_TOKEN_TTL"]) \
+    lifetime = (
+        max(app.config["IDP"]["ACCESS_TOKEN_TTL"], app.config["IDP"]["ID_TOKEN_TTL"])
         + app.config["IDP"]["CLOCK_SKEW"]
+    )
     assert keys.key_state(_key(now, activates=60), now) == "next"
     assert keys.key_state(_key(now), now) == "active"
     assert keys.key_state(_key(now, retired=60), now) == "active"
@@ -111,6 +130,7 @@ def test_states_follow_from_timestamps(app: Flask) -> None:
 
 
 # --- rotation ---------------------------------------------------------------------------------
+
 
 def test_rotation_publishes_the_new_key_before_it_signs(monkeypatch: pytest.MonkeyPatch) -> None:
     old_kid, _ = keys.signing_key("ES256")
@@ -159,6 +179,7 @@ def test_rotation_refuses_bad_input() -> None:
 
 # --- retirement -------------------------------------------------------------------------------
 
+
 def test_retire_refuses_the_only_key_of_an_algorithm() -> None:
     kid, _ = keys.signing_key("RS256")
     with pytest.raises(ConflictError, match="only"):
@@ -192,6 +213,7 @@ def test_no_active_key_is_an_error() -> None:
 
 # --- publication ------------------------------------------------------------------------------
 
+
 def test_jwks_has_only_public_members() -> None:
     keys.rotate(overlap=60)
     document = json.loads(keys.jwks_document())
@@ -204,11 +226,13 @@ def test_jwks_has_only_public_members() -> None:
 
 # --- encryption at rest -----------------------------------------------------------------------
 
+
 def test_private_key_is_stored_encrypted(app: Flask) -> None:
     kid, private = keys.signing_key("ES256")
     stored = row(kid).private_key_encrypted
-    der = private.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+    der = private.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     assert der not in stored
     assert isinstance(private, ec.EllipticCurvePrivateKey)
     assert private.private_numbers().private_value.to_bytes(32, "big") not in stored

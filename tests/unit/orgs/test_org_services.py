@@ -34,8 +34,12 @@ def company(br: str = BR) -> Company:
 
 
 def invite(target: Company | None = None, **overrides: Any) -> tuple[Invitation, str]:
-    settings: dict[str, Any] = {"company": target or company(), "email": "chan@acme.example",
-                                "roles": ["member"], "invited_by": "operator:cli"}
+    settings: dict[str, Any] = {
+        "company": target or company(),
+        "email": "chan@acme.example",
+        "roles": ["member"],
+        "invited_by": "operator:cli",
+    }
     settings.update(overrides)
     return services.create_invitation(**settings)
 
@@ -50,18 +54,29 @@ def tags() -> list[str]:
 
 # --- BR numbers -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("value", ["12345678", "00000000", "99999999"])
 def test_br_number_of_eight_digits(value: str) -> None:
     assert services.validate_br_number(value) == value
 
 
-@pytest.mark.parametrize("value", [
-    "1234567", "123456789", "1234567a", "1234-678", " 12345678", "12345678\n", "",
-    "".join(chr(0xFF11 + i) for i in range(8)),  # fullwidth digits: str.isdigit() is True
-    "".join(chr(0x0661 + i) for i in range(8)),  # Arabic-Indic digits
-    "\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078",  # superscripts
-    12345678, None,
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "1234567",
+        "123456789",
+        "1234567a",
+        "1234-678",
+        " 12345678",
+        "12345678\n",
+        "",
+        "".join(chr(0xFF11 + i) for i in range(8)),  # fullwidth digits: str.isdigit() is True
+        "".join(chr(0x0661 + i) for i in range(8)),  # Arabic-Indic digits
+        "\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078",  # superscripts
+        12345678,
+        None,
+    ],
+)
 def test_br_number_other_than_eight_ascii_digits_is_refused(value: Any) -> None:
     with pytest.raises(ValidationError, match="8 digits"):
         services.validate_br_number(value)
@@ -69,10 +84,15 @@ def test_br_number_other_than_eight_ascii_digits_is_refused(value: Any) -> None:
 
 # --- companies --------------------------------------------------------------------------------
 
+
 @pytest.mark.usefixtures("app_ctx")
 def test_create_company_records_it_and_an_audit_event() -> None:
-    created = services.create_company(br_number=BR, name_en=" Acme Trading Limited ",
-                                      name_zh="頂峰貿易有限公司", actor="operator:cli")
+    created = services.create_company(
+        br_number=BR,
+        name_en=" Acme Trading Limited ",
+        name_zh="頂峰貿易有限公司",
+        actor="operator:cli",
+    )
     assert created.id is not None
     assert created.name_en == "Acme Trading Limited"
     assert created.name_zh == "頂峰貿易有限公司"
@@ -116,6 +136,7 @@ def test_get_company_by_br_unknown_and_malformed() -> None:
 
 # --- invitations ------------------------------------------------------------------------------
 
+
 @pytest.mark.usefixtures("app_ctx")
 def test_invitation_token_is_prefixed_and_stored_only_as_digest() -> None:
     invitation, token = invite()
@@ -124,8 +145,7 @@ def test_invitation_token_is_prefixed_and_stored_only_as_digest() -> None:
     assert invitation.token_hash == digest(token)
     row = db.session.execute(select(Invitation.__table__)).one()
     assert token not in " ".join(map(str, row))
-    event = db.session.scalar(select(AuditEvent).where(AuditEvent.tag ==
-                                                      "orgs:invitation:create"))
+    event = db.session.scalar(select(AuditEvent).where(AuditEvent.tag == "orgs:invitation:create"))
     assert event is not None
     assert token not in str(event.details)
 
@@ -154,9 +174,20 @@ def test_invitation_email_domain_is_lowercased() -> None:
 
 
 @pytest.mark.usefixtures("app_ctx")
-@pytest.mark.parametrize("email", ["", "chan", "chan@", "@acme.example", "chan@acme",
-                                   "chan tai@acme.example", "a@b@acme.example", None,
-                                   "x" * 320 + "@acme.example"])
+@pytest.mark.parametrize(
+    "email",
+    [
+        "",
+        "chan",
+        "chan@",
+        "@acme.example",
+        "chan@acme",
+        "chan tai@acme.example",
+        "a@b@acme.example",
+        None,
+        "x" * 320 + "@acme.example",
+    ],
+)
 def test_invitation_refuses_a_bad_email(email: Any) -> None:
     with pytest.raises(ValidationError, match="email"):
         invite(email=email)
@@ -198,8 +229,16 @@ def test_unknown_used_and_expired_invitations_look_the_same() -> None:
     expired.expires_at = utcnow() - dt.timedelta(seconds=1)
     db.session.commit()
     messages = set()
-    for token in (used_token, expired_token, "cii_unknown", used_token + "x", "", "x" * 201,
-                  None, 42):
+    for token in (
+        used_token,
+        expired_token,
+        "cii_unknown",
+        used_token + "x",
+        "",
+        "x" * 201,
+        None,
+        42,
+    ):
         with pytest.raises(NotFoundError) as info:
             services.find_valid_invitation(token)
         messages.add(info.value.message)
@@ -303,11 +342,15 @@ def test_consume_is_single_use_when_two_people_race(app: Flask) -> None:
 
 # --- organisation with its first admin --------------------------------------------------------
 
+
 @pytest.mark.usefixtures("app_ctx")
 def test_create_org_with_admin() -> None:
     created, invitation, token = services.create_org_with_admin(
-        br_number=BR, name="Acme Trading Limited", admin_email="boss@acme.example",
-        actor="operator:cli")
+        br_number=BR,
+        name="Acme Trading Limited",
+        admin_email="boss@acme.example",
+        actor="operator:cli",
+    )
     assert created.br_number == BR
     assert invitation.company_id == created.id
     assert invitation.roles == ["admin"]
@@ -321,18 +364,21 @@ def test_create_org_with_admin() -> None:
 
 @pytest.mark.usefixtures("app_ctx")
 def test_create_org_with_admin_duplicate_creates_nothing() -> None:
-    services.create_org_with_admin(br_number=BR, name="Acme", admin_email="a@acme.example",
-                                   actor="tests")
+    services.create_org_with_admin(
+        br_number=BR, name="Acme", admin_email="a@acme.example", actor="tests"
+    )
     with pytest.raises(ConflictError):
-        services.create_org_with_admin(br_number=BR, name="Acme", admin_email="b@acme.example",
-                                       actor="tests")
+        services.create_org_with_admin(
+            br_number=BR, name="Acme", admin_email="b@acme.example", actor="tests"
+        )
     assert count(Invitation) == 1
 
 
 @pytest.mark.usefixtures("app_ctx")
 def test_create_org_with_admin_bad_email_creates_nothing() -> None:
     with pytest.raises(ValidationError):
-        services.create_org_with_admin(br_number=BR, name="Acme", admin_email="not-an-email",
-                                       actor="tests")
+        services.create_org_with_admin(
+            br_number=BR, name="Acme", admin_email="not-an-email", actor="tests"
+        )
     db.session.rollback()
     assert count(Company) == 0
