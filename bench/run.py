@@ -359,6 +359,8 @@ def server_commands(port: int) -> dict[str, list[str]]:
     return {
         "idp-serve": [str(VENV_BIN / "idp"), "serve", "--host", HOST, "--port", str(port),
                       "--workers", "2"],
+        "idp-serve-granian": [str(VENV_BIN / "idp"), "serve", "--host", HOST, "--port",
+                              str(port), "--workers", "2", "--server", "granian"],
         "gunicorn-sync": [*gunicorn, "idp:create_app()"],
         "gunicorn-gthread": [*gunicorn, "-k", "gthread", "--threads", "4",
                              "idp:create_app()"],
@@ -367,7 +369,9 @@ def server_commands(port: int) -> dict[str, list[str]]:
     }
 
 
-DEFAULT_SERVERS = ("idp-serve", "gunicorn-sync", "gunicorn-gthread", "granian")
+# `idp serve` as shipped, then the alternatives; gunicorn-sync stands in for idp-serve while
+# the CLI has no `serve`. About 35 s per server and backend at the default durations.
+DEFAULT_SERVERS = ("idp-serve", "gunicorn-gthread", "granian")
 
 
 class Server:
@@ -570,6 +574,29 @@ def cpu_split(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, 
     return {k: v / wall for k, v in used.items()}
 
 
+def busy_cores(interval: float = 0.5) -> float:
+    """Cores busy machine-wide over ``interval`` seconds (from /proc/stat)."""
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        idle = fields[3] + fields[4]
+        return sum(fields), idle
+
+    total0, idle0 = sample()
+    time.sleep(interval)
+    total1, idle1 = sample()
+    total = max(1, total1 - total0)
+    return (os.cpu_count() or 1) * (1 - (idle1 - idle0) / total)
+
+
+def wait_quiet(max_wait: float, threshold: float = 0.25) -> float:
+    """Wait (at most ``max_wait`` s) until the machine is nearly idle; returns busy cores."""
+    deadline = time.monotonic() + max_wait
+    busy = busy_cores()
+    while busy > threshold and time.monotonic() < deadline:
+        busy = busy_cores()
+    return busy
+
+
 @dataclass
 class Result:
     backend: str
@@ -667,6 +694,10 @@ def bench_server(backend: Backend, server: Server, args: argparse.Namespace,
                 if args.warmup > 0:
                     run_wrk(backend.issuer, script, connections=args.connections,
                             threads=args.threads, duration=args.warmup)
+                if args.wait_quiet > 0:
+                    busy = wait_quiet(args.wait_quiet)
+                    if busy > 0.25:
+                        log(f"machine still busy ({busy:.2f} cores) before {endpoint}")
                 spy = start_profiler(args, server, endpoint)
                 pgid = server.proc.pid if server.proc else -1
                 before = cpu_snapshot(pgid)
@@ -771,6 +802,10 @@ def render(results: list[Result], sql: dict[str, dict[str, dict[str, Any]]],
             f"| {r.backend} | {r.server} | {r.endpoint}{err} | {r.rps:,.0f} | {r.p50_ms:.1f} | "
             f"{r.p99_ms:.1f} | {r.max_ms:.0f} | {r.non2xx} | {r.socket_errors} | "
             f"{target_text(r.endpoint)} | {v} | {cpu_text(r.cpu)} |")
+    busiest = max((r.cpu.get("other", 0.0) for r in results), default=0.0)
+    if busiest > 0.15:
+        lines += ["", f"WARNING: processes outside the benchmark used up to {busiest:.2f} "
+                  "cores during some runs (column 'other'): those figures are pessimistic."]
     if sql:
         lines += ["", "## SQL per request (in process, warm caches)", "",
                   "| backend | endpoint | statements | BEGIN | COMMIT | ROLLBACK |",
@@ -804,14 +839,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="both")
     p.add_argument("--servers", default=",".join(DEFAULT_SERVERS),
-                   help="comma-separated: idp-serve, gunicorn-sync, gunicorn-gthread, "
-                        "granian, granian-bt4 (idp-serve is skipped while the CLI lacks it)")
+                   help="comma-separated: idp-serve, idp-serve-granian, gunicorn-sync, "
+                        "gunicorn-gthread, granian, granian-bt4 (gunicorn-sync stands in "
+                        "for idp-serve while the CLI lacks `serve`)")
     p.add_argument("--endpoints", default=",".join(ENDPOINTS))
     p.add_argument("--duration", type=float, default=5.0, help="measured seconds per endpoint")
     p.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per endpoint")
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--threads", type=int, default=2, help="wrk threads")
     p.add_argument("--clients", type=int, default=1000)
+    p.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
+                   help="before each measured run, wait up to SECONDS for other processes "
+                        "on the machine to go idle (shared machines)")
     p.add_argument("--profile", metavar="DIR",
                    help="record py-spy collapsed stacks of the servers during each measured "
                         "run into DIR (figures then include py-spy's overhead)")
@@ -855,9 +894,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sys.path.insert(0, str(ROOT))
     servers = list(args.servers)
-    if "idp-serve" in servers and not cli_has("serve"):
-        log("`idp serve` is not available yet: skipping the idp-serve variant")
-        servers.remove("idp-serve")
+    if any(s.startswith("idp-serve") for s in servers) and not cli_has("serve"):
+        log("`idp serve` is not available: gunicorn-sync stands in for idp-serve")
+        servers = [s for s in servers if not s.startswith("idp-serve")]
+        if "gunicorn-sync" not in servers:
+            servers.insert(0, "gunicorn-sync")
     backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="corpid-bench-"))

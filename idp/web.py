@@ -57,7 +57,9 @@ def current_locale(ui_locales: str | None = None) -> str:
     if cached:
         return str(cached)
     locale = "en"
-    requested = (ui_locales or request.values.get("ui_locales") or "").split()
+    # Query string only: reading the form here would re-raise on an oversized body while an
+    # error page is being rendered.
+    requested = (ui_locales or request.args.get("ui_locales") or "").split()
     for tag in requested:
         if tag.lower().startswith("zh"):
             locale = "zh-Hant-HK"

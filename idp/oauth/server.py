@@ -3,6 +3,7 @@ with ``Cache-Control: no-store``, and one client-authentication method per reque
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from typing import Any
@@ -105,6 +106,10 @@ class AuthorizationServer(FlaskAuthorizationServer):
 
     def handle_response(self, status_code: int, payload: Any, headers: Any) -> Response:
         if isinstance(payload, dict):
+            if "error" in payload and not payload.get("error_description"):
+                payload["error_description"] = DEFAULT_DESCRIPTIONS.get(
+                    str(payload["error"]), "The request failed."
+                )
             payload = json.dumps(payload, separators=(",", ":"))
         response = Response(payload, status=status_code, headers=headers)
         if response.mimetype == "application/json":
@@ -115,6 +120,7 @@ class AuthorizationServer(FlaskAuthorizationServer):
     def authenticate_client(
         self, request: OAuth2Request, methods: list[str], endpoint: str = "token"
     ) -> Client:
+        _check_basic_header(request)
         presented = _presented_auth_methods(request)
         if len(presented) > 1:
             raise InvalidRequestError(
@@ -133,6 +139,33 @@ class AuthorizationServer(FlaskAuthorizationServer):
 
     def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
         return None
+
+
+def _check_basic_header(request: OAuth2Request) -> None:
+    """Refuse malformed HTTP Basic credentials with invalid_client (Authlib would raise)."""
+    auth = request.headers.get("Authorization", "") if request.headers else ""
+    scheme, _, credentials = auth.partition(" ")
+    if scheme.lower() != "basic":
+        return
+    try:
+        decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        decoded = ""
+    if ":" not in decoded:
+        raise InvalidClientError(
+            status_code=401, description="Malformed HTTP Basic client credentials."
+        )
+
+
+DEFAULT_DESCRIPTIONS = {
+    "invalid_grant": "The grant (code or refresh token) is invalid, expired or revoked.",
+    "unsupported_grant_type": "This grant type is not supported.",
+    "invalid_client": "Client authentication failed.",
+    "invalid_request": "The request is invalid.",
+    "invalid_scope": "The requested scope is invalid.",
+    "unauthorized_client": "The client may not use this grant type.",
+    "unsupported_token_type": "This token type is not supported.",
+}
 
 
 def _presented_auth_methods(request: OAuth2Request) -> set[str]:

@@ -27,7 +27,14 @@ from idp.extensions import db
 from idp.keys import jws
 from idp.oauth.claims import Principal, subject_for
 from idp.oauth.models import Grant, RefreshToken, RevokedAccessToken
-from idp.orgs.models import Company, Membership, Person
+from idp.orgs.models import (
+    Company,
+    CompanyStatus,
+    Membership,
+    MembershipStatus,
+    Person,
+    PersonStatus,
+)
 from idp.security import REFRESH_TOKEN_PREFIX, digest, new_secret
 
 ACCESS_TOKEN_TYP = "at+jwt"  # noqa: S105 - a media type
@@ -284,9 +291,25 @@ def is_access_token_live(claims: dict[str, Any]) -> bool:
     if gid is None:
         statement = select(revoked, literal(1))
     elif isinstance(gid, str):
+        # Person, membership and company status are read with the grant (indexed joins), so a
+        # suspension ends tokens at once even when it was made without revoking grants.
         grant_live = (
             select(Grant.id)
-            .where(Grant.gid == gid, Grant.revoked_at.is_(None), Grant.expires_at > utcnow())
+            .join(Person, Person.id == Grant.person_id)
+            .join(Company, Company.id == Grant.company_id)
+            .join(
+                Membership,
+                (Membership.person_id == Grant.person_id)
+                & (Membership.company_id == Grant.company_id),
+            )
+            .where(
+                Grant.gid == gid,
+                Grant.revoked_at.is_(None),
+                Grant.expires_at > utcnow(),
+                Person.status == PersonStatus.ACTIVE,
+                Membership.status == MembershipStatus.ACTIVE,
+                Company.status.in_((CompanyStatus.LIVE, CompanyStatus.DORMANT)),
+            )
             .scalar_subquery()
         )
         statement = select(revoked, grant_live)

@@ -101,11 +101,8 @@ def test_get_is_405(live: Live, path: str) -> None:
     assert_json_error(response, 405)
 
 
-HTML_413_BUG = pytest.mark.xfail(strict=True, reason=(
-    "BUG: a >64 KiB form POST to a page endpoint answers 500: the 413 is rendered as an HTML "
-    "error page, whose context processor (web._page_context -> web.current_locale) reads "
-    "request.values, i.e. the oversized form, raising RequestEntityTooLarge again inside the "
-    "error handler; current_locale should read request.args only (or catch it)"))
+# Fixed: a 413 on a page endpoint used to re-raise while rendering the error page.
+HTML_413_BUG: tuple[()] = ()
 
 
 @pytest.mark.parametrize("path", [
@@ -142,11 +139,8 @@ def test_bad_utf8_is_4xx(live: Live, rp: RP, body: bytes) -> None:
     assert_json_error(response, response.status_code, described=False)
 
 
-BASIC_BUG = pytest.mark.xfail(strict=True, reason=(
-    "BUG: 500 from Authlib's extract_basic_authorization (rfc6749/util.py): 'Basic ' with "
-    "no credentials raises ValueError (auth.split unpacking) and credentials that are not "
-    "UTF-8 raise UnicodeDecodeError; server.AuthorizationServer.authenticate_client should "
-    "check the header first (or catch these) and answer invalid_client"))
+# Fixed: malformed Basic credentials used to raise inside Authlib.
+BASIC_BUG: tuple[()] = ()
 
 
 @pytest.mark.parametrize("header", [
@@ -328,11 +322,6 @@ def test_every_json_error_is_rfc_shaped(live: Live, signed_in: SignedIn,
             assert response.headers.get("WWW-Authenticate")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (minor): Authlib raises these errors bare, so the JSON has no error_description: "
-    "UnsupportedGrantTypeError (unknown grant_type) and InvalidGrantError from "
-    "RefreshTokenGrant._validate_request_token (unknown/foreign refresh token); "
-    "server.AuthorizationServer.handle_response could fill in a description"))
 @pytest.mark.parametrize("data", [
     {"grant_type": "password", "username": "a", "password": "b"},
     {"grant_type": "refresh_token", "refresh_token": "cir_unknown"},

@@ -149,12 +149,6 @@ def test_status_change_stops_userinfo_and_refresh(ctx: Live, login: Any, what: s
     assert_json_error(refresh, 400, "invalid_grant")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: introspection (endpoints.PresentedToken.is_revoked -> tokens.is_access_token_live) "
-    "checks only the revoked-jti list and the grant row, not the person, membership or "
-    "company status that principal_for_grant checks for userinfo and refresh; and no "
-    "suspension service calls revoke_grants. A resource server introspecting the token of "
-    "a suspended person is told active=true until exp"))
 @pytest.mark.parametrize("what", STATUS_CHANGES)
 def test_status_change_ends_tokens_at_introspection(ctx: Live, login: Any, what: str) -> None:
     who, _, rp, tokens = login

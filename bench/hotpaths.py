@@ -1,0 +1,303 @@
+#!/usr/bin/env python3
+"""What the pieces of Corp ID's hot paths cost, one at a time, and what the alternatives
+suggested in bench/README.md would cost instead. In process, wall time per operation
+(database waits included), on a scratch database set up as ``bench/run.py`` does.
+
+    python bench/hotpaths.py --backend postgres
+
+Nothing here changes ``idp/``: alternatives are written out in this file so that their
+figures can be compared with the current code's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import inprocess
+import run
+
+
+def per_op(fn: Callable[[int], Any], n: int, repeats: int = 3) -> float:
+    """Median over ``repeats`` of the mean wall time of ``fn(i)`` in microseconds."""
+    for i in range(min(n, 100)):  # warm-up
+        fn(i)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for i in range(n):
+            fn(i)
+        times.append((time.perf_counter() - t0) / n * 1e6)
+    return statistics.median(times)
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--backend", choices=("sqlite", "postgres"), default="postgres")
+    p.add_argument("-n", type=int, default=2000)
+    p.add_argument("--clients", type=int, default=1000)
+    args = p.parse_args(argv)
+    n = args.n
+
+    tmp = Path(tempfile.mkdtemp(prefix="corpid-hot-"))
+    rows: list[tuple[str, float, str]] = []
+
+    def row(label: str, us: float, note: str = "") -> None:
+        rows.append((label, us, note))
+        print(f"  {us:9.1f} us  {label}" + (f"  ({note})" if note else ""), flush=True)
+
+    try:
+        workdir = tmp / args.backend
+        workdir.mkdir()
+        if args.backend == "sqlite":
+            backend = run.Backend("sqlite", f"sqlite:///{workdir / 'idp.sqlite3'}", "", workdir,
+                                  run.free_port())
+        else:
+            run.drop_pg()
+            run.pg_admin(f"CREATE DATABASE {run.PG_DB}")
+            backend = run.Backend("postgres", run.PG_SA_URL, run.REDIS_URL, workdir,
+                                  run.free_port())
+        run.setup_backend(backend, args.clients)
+        tokens_ = run.mint_client_tokens(backend)
+        app = backend.app
+        measure_all(app, backend, tokens_, n, row)
+        with app.app_context():
+            from idp.extensions import db
+
+            db.session.remove()
+            db.engine.dispose()
+    finally:
+        if args.backend == "postgres":
+            run.drop_pg()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"\n# hot-path pieces, {args.backend}, wall microseconds per operation (median of 3)")
+    print("| piece | us/op | note |\n|---|--:|---|")
+    for label, us, note in rows:
+        print(f"| {label} | {us:.1f} | {note} |")
+    return 0
+
+
+def measure_all(app: Any, backend: run.Backend, tokens_: list[str], n: int,
+                row: Callable[..., None]) -> None:
+    import jwt
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, padding
+    from cryptography.hazmat.primitives.asymmetric.utils import (
+        decode_dss_signature,
+        encode_dss_signature,
+    )
+    from flask import Flask, request
+    from sqlalchemy import exists, select
+
+    from idp import cache
+    from idp.clients.models import Client
+    from idp.extensions import db
+    from idp.keys import jws
+    from idp.keys import services as keys
+    from idp.oauth import tokens
+    from idp.oauth.models import Grant, RevokedAccessToken
+    from idp.orgs.models import Company, Membership, Person
+    from idp.security import digest
+
+    issuer = backend.issuer
+    ids = [cid for cid, _ in backend.clients]
+
+    # --- the framework ------------------------------------------------------------------
+    print("framework")
+    bare = Flask("bare")
+
+    @bare.post("/noop")
+    def bare_noop() -> str:
+        return request.form.get("grant_type", "")
+
+    app.add_url_rule("/bench-noop", "bench_noop", bare_noop, methods=["POST"])
+    from idp.web import csrf
+
+    csrf.exempt(bare_noop)
+    env = inprocess.environ_for(backend, "client_credentials", 0, tokens_)
+    env_bare = dict(env, PATH_INFO="/noop")
+    env_idp = dict(env, PATH_INFO="/bench-noop")
+    row("bare Flask app: POST with a form, no-op view", per_op(
+        lambda i: inprocess.call(bare, env_bare), n))
+    row("Corp ID app: same no-op view (fast path, CSRF, security headers, teardown)", per_op(
+        lambda i: inprocess.call(app, env_idp), n))
+    env_disc = inprocess.environ_for(backend, "discovery", 0, tokens_)
+    row("discovery via the static-documents fast path", per_op(
+        lambda i: inprocess.call(app, env_disc), n))
+
+    with app.app_context():
+        def session_noop(i: int) -> None:
+            db.session.commit()
+            db.session.remove()
+        row("Flask-SQLAlchemy: create session, commit with nothing to do, remove",
+            per_op(session_noop, n), "what /token's _finish costs when no SQL ran")
+
+    # --- JWT -----------------------------------------------------------------------------
+    print("JWT")
+    with app.test_request_context():
+        claims = {"iss": issuer, "exp": int(time.time()) + 600, "iat": int(time.time()),
+                  "jti": "x" * 22, "aud": ids[0], "client_id": ids[0], "scope": "corp",
+                  "sub": ids[0]}
+        row("jws.sign ES256 (PyJWT)", per_op(
+            lambda i: jws.sign(claims, alg="ES256", typ="at+jwt"), n))
+        row("jws.sign RS256 (PyJWT, 3072-bit key)", per_op(
+            lambda i: jws.sign(claims, alg="RS256", typ="at+jwt"), max(200, n // 10)),
+            "the RS256 trap")
+        row("jws.sign EdDSA (PyJWT)", per_op(
+            lambda i: jws.sign(claims, alg="EdDSA", typ="at+jwt"), n))
+        kid, key = keys.signing_key("ES256")
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        header = b64(json.dumps({"alg": "ES256", "kid": kid, "typ": "at+jwt"},
+                                separators=(",", ":")).encode())
+
+        def raw_sign(i: int) -> str:
+            payload = b64(json.dumps(claims, separators=(",", ":")).encode())
+            signing_input = f"{header}.{payload}".encode()
+            r, s = decode_dss_signature(key.sign(signing_input, ec.ECDSA(hashes.SHA256())))
+            return f"{header}.{payload}.{b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+
+        row("ES256 by hand (json + cryptography, header cached)", per_op(raw_sign, n),
+            "what a leaner jws.sign could cost")
+        token = jws.sign(claims, alg="ES256", typ="at+jwt")
+        assert jwt.decode(raw_sign(0), key.public_key(), algorithms=["ES256"],
+                          audience=ids[0])["jti"] == claims["jti"]
+        row("jws.verify ES256 (PyJWT, key cached)", per_op(
+            lambda i: jws.verify(token, issuer=issuer, typ="at+jwt"), n))
+        pub = key.public_key()
+
+        def raw_verify(i: int) -> dict[str, Any]:
+            h, p, s = token.split(".")
+            sig = base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+            pub.verify(encode_dss_signature(int.from_bytes(sig[:32], "big"),
+                                            int.from_bytes(sig[32:], "big")),
+                       f"{h}.{p}".encode(), ec.ECDSA(hashes.SHA256()))
+            hdr = json.loads(base64.urlsafe_b64decode(h + "=" * (-len(h) % 4)))
+            out = json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4)))
+            if hdr.get("alg") != "ES256" or out["iss"] != issuer or out["exp"] <= time.time():
+                raise ValueError
+            return dict(out)
+
+        row("ES256 verify by hand (binascii + cryptography, same checks)",
+            per_op(raw_verify, n), "what a leaner jws.verify could cost")
+        row("SHA-256 digest of a client secret", per_op(
+            lambda i: digest(backend.clients[i % 1000][1]), n), "no slow hash: good")
+        rsa_key = keys.signing_key("RS256")[1]
+        row("RSA-3072 sign alone (cryptography)", per_op(
+            lambda i: rsa_key.sign(b"x" * 300, padding.PKCS1v15(), hashes.SHA256()),  # type: ignore[union-attr,call-arg]
+            max(200, n // 10)))
+
+    # --- database ------------------------------------------------------------------------
+    print("database")
+    with app.app_context():
+        engine = db.engine
+        table = Client.__table__
+
+        def orm_client(i: int) -> None:
+            db.session.scalars(select(Client).where(Client.client_id == ids[i % 1000])).first()
+            db.session.commit()
+            db.session.remove()
+
+        row("client lookup, ORM, in a transaction (a query_client cache miss)",
+            per_op(orm_client, n), "BEGIN + SELECT + COMMIT + session")
+
+        def core_client(i: int) -> None:
+            with engine.connect() as conn:
+                conn.execute(select(table).where(table.c.client_id == ids[i % 1000])).first()
+                conn.commit()
+
+        row("client lookup, Core row, in a transaction", per_op(core_client, n))
+        auto = engine.execution_options(isolation_level="AUTOCOMMIT")
+
+        def auto_client(i: int) -> None:
+            with auto.connect() as conn:
+                conn.execute(select(table).where(table.c.client_id == ids[i % 1000])).first()
+
+        row("client lookup, Core row, autocommit (one round trip)", per_op(auto_client, n))
+
+        claims_cc = tokens.decode_access_token(tokens_[0])
+        assert claims_cc is not None
+
+        def live_as_is(i: int) -> None:
+            tokens.is_access_token_live(claims_cc)
+            db.session.commit()
+            db.session.remove()
+
+        row("is_access_token_live + commit, as now (client token)", per_op(live_as_is, n),
+            "/introspect's revocation check")
+
+        def live_auto(i: int) -> None:
+            with auto.connect() as conn:
+                conn.scalar(select(exists().where(RevokedAccessToken.jti == claims_cc["jti"])))
+
+        row("same check, autocommit connection", per_op(live_auto, n))
+        redis = app.extensions.get("idp.redis")
+        if redis is not None:
+            row("same check as a Redis EXISTS (revoked jtis kept in Redis)", per_op(
+                lambda i: redis.exists(f"idp:revoked:{claims_cc['jti']}"), n))
+
+        from idp.oauth.endpoints import userinfo_claims
+
+        user_token = backend.user_token
+
+        def userinfo_as_is(i: int) -> None:
+            assert userinfo_claims(user_token) is not None
+            db.session.commit()
+            db.session.remove()
+
+        row("userinfo_claims + commit, as now", per_op(userinfo_as_is, max(200, n // 4)),
+            "1 + 6 statements")
+        uclaims = tokens.decode_access_token(user_token)
+        assert uclaims is not None
+        from idp.authn.models import LoginSession
+
+        joined = (
+            select(Grant.revoked_at, Grant.expires_at, Person.subject, Person.display_name,
+                   Person.email, Person.status, Company.br_number, Company.name_en,
+                   Company.status, Membership.roles, Membership.status, LoginSession.sid,
+                   Client.__table__.c.status, Client.__table__.c.subject_type,
+                   exists().where(RevokedAccessToken.jti == uclaims["jti"]).label("revoked"))
+            .join(Person, Person.id == Grant.person_id)
+            .join(Company, Company.id == Grant.company_id)
+            .join(Membership, (Membership.person_id == Grant.person_id)
+                  & (Membership.company_id == Grant.company_id))
+            .join(Client, Client.id == Grant.client_id)
+            .outerjoin(LoginSession, LoginSession.id == Grant.session_id)
+            .where(Grant.gid == uclaims["gid"]))
+
+        def userinfo_joined(i: int) -> None:
+            claims_u = tokens.decode_access_token(user_token)
+            assert claims_u is not None
+            with auto.connect() as conn:
+                assert conn.execute(joined).first() is not None
+
+        row("userinfo: verify + one joined Core query, autocommit", per_op(userinfo_joined, n),
+            "what a one-query userinfo could cost")
+
+        def rate_hit(i: int) -> None:
+            cache.hit("client", ids[i % 1000], limit=60_000)
+            db.session.commit()
+            db.session.remove()
+
+        with app.test_request_context():
+            row("per-client rate-limit hit (default 60,000/min), "
+                + ("Redis" if redis is not None else "database"), per_op(rate_hit, n),
+                "switched off in the load runs")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
