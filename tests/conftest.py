@@ -2,9 +2,10 @@
 
 SQLite by default: a fresh database file per test under ``tmp_path``. With
 ``IDP_TEST_DATABASE_URL`` (PostgreSQL) the tables are created once per session in a schema of
-their own per xdist worker, and truncated before every test. With ``IDP_REDIS_URL`` the app uses
-Redis; each xdist worker gets its own database number (the URL's, minus the worker index) and
-flushes it before and after every test.
+their own per xdist worker and run, and emptied before every test. With ``IDP_REDIS_URL`` the
+app uses Redis; each xdist worker gets its own database number (the URL's, minus the worker
+index) and flushes it before and after every test, so two runs at once must not share one
+Redis server.
 
 Signing keys are generated once per session and copied into each test's database: every app
 here shares one ``SECRET_KEY``, hence one key-encryption key, so the copies decrypt. That is the
@@ -14,6 +15,7 @@ state ``ensure_keys()`` leaves, without generating RSA keys for every test.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -54,12 +56,13 @@ def postgres_url() -> Iterator[str | None]:
         return
     if not base.startswith("postgresql"):
         raise pytest.UsageError("IDP_TEST_DATABASE_URL must be a postgresql+psycopg:// URL")
-    schema = f"corpid_test_{_worker()}"
+    # Unique per run, so that concurrent runs against one database do not meet.
+    schema_name = f"corpid_test_{_worker()}_{secrets.token_hex(4)}"
     admin = create_engine(base)
     with admin.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema_name}" CASCADE'))
+        conn.execute(text(f'CREATE SCHEMA "{schema_name}"'))
+    url = make_url(base).update_query_dict({"options": f"-csearch_path={schema_name}"})
     rendered = url.render_as_string(hide_password=False)
     engine = create_engine(rendered)
     metadata().create_all(engine)
@@ -68,7 +71,7 @@ def postgres_url() -> Iterator[str | None]:
         yield rendered
     finally:
         with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema_name}" CASCADE'))
         admin.dispose()
 
 
