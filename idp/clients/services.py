@@ -55,6 +55,8 @@ UPDATABLE = (
 )
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# What ``new_client_id`` makes (URL-safe base64), within the column's 64 characters.
+_CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 # --- validation -------------------------------------------------------------------------------
@@ -352,8 +354,9 @@ def create_client(
 
 
 def query_client(client_id: object) -> Client | None:
-    """The client with this ``client_id``, active or not; ``None`` if there is none."""
-    if not isinstance(client_id, str) or not client_id or len(client_id) > 64:
+    """The client with this ``client_id``, active or not; ``None`` if there is none (or the value
+    could not be a client_id: PostgreSQL refuses some strings, such as ones holding NUL)."""
+    if not isinstance(client_id, str) or not _CLIENT_ID.fullmatch(client_id):
         return None
     return db.session.scalar(select(Client).where(Client.client_id == client_id))
 

@@ -427,7 +427,9 @@ def test_get_and_query_client() -> None:
         services.get_client("no-such-client")
 
 
-@pytest.mark.parametrize("value", ["nope", "", None, 42, "x" * 65])
+@pytest.mark.parametrize(
+    "value", ["nope", "", None, 42, "x" * 65, "abc\x00", "abc def", "ab/c", "\ud800"]
+)
 def test_query_client_returns_none_for_unknown_or_malformed(value: Any) -> None:
     make()
     assert services.query_client(value) is None
