@@ -275,7 +275,8 @@ def mint_client_tokens(backend: Backend) -> list[str]:
 # --- SQL round trips per request (in process, not timed) --------------------------------------
 
 def count_sql(backend: Backend, introspect_tokens: list[str]) -> dict[str, dict[str, Any]]:
-    """Statements and transactions one request of each endpoint costs, warm caches."""
+    """SQL statements one request of each endpoint costs and, on PostgreSQL, the round trips
+    they take on the wire (BEGIN and COMMIT/ROLLBACK included), with warm caches."""
     from sqlalchemy import event
 
     from idp.extensions import db
@@ -298,36 +299,50 @@ def count_sql(backend: Backend, introspect_tokens: list[str]) -> dict[str, dict[
     with app.app_context():
         engine = db.engine
     statements: list[str] = []
-    tx = {"begin": 0, "commit": 0, "rollback": 0}
+    wire = {"round_trips": 0}
+
+    def dbapi_of(conn: Any) -> Any:
+        return conn.connection.dbapi_connection
+
+    def in_transaction(dbapi: Any) -> bool | None:
+        """psycopg: is a transaction open on the server? None for other drivers."""
+        info = getattr(dbapi, "info", None)
+        status = getattr(info, "transaction_status", None)
+        return None if status is None else int(status) != 0  # 0: IDLE
 
     def on_exec(conn: Any, cursor: Any, stmt: str, *a: Any) -> None:
         statements.append(" ".join(stmt.split())[:100])
+        dbapi = dbapi_of(conn)
+        open_ = in_transaction(dbapi)
+        if open_ is not None:
+            # psycopg sends BEGIN on its own before the first statement of a transaction.
+            wire["round_trips"] += 1 + (0 if dbapi.autocommit or open_ else 1)
 
-    def on_begin(conn: Any) -> None:
-        tx["begin"] += 1
+    def on_end(conn: Any) -> None:
+        if in_transaction(dbapi_of(conn)):
+            wire["round_trips"] += 1  # COMMIT or ROLLBACK
 
-    def on_commit(conn: Any) -> None:
-        tx["commit"] += 1
-
-    def on_rollback(conn: Any) -> None:
-        tx["rollback"] += 1
+    def on_reset(dbapi: Any, record: Any, *a: Any) -> None:
+        if in_transaction(dbapi):
+            wire["round_trips"] += 1  # the pool's rollback on return
 
     def measure(name: str, call: tuple[str, str, dict[str, str], str | None]) -> None:
         method, path, headers, body = call
         statements.clear()
-        for k in tx:
-            tx[k] = 0
+        wire["round_trips"] = 0
         resp = client.open(path, method=method, headers=headers, data=body)
         ok = resp.status_code == 200
         if name.startswith("introspection"):
             ok = ok and resp.get_json().get("active") is True
         counts[name] = {"status": resp.status_code, "ok": ok, "statements": len(statements),
-                        "sql": list(statements), **dict(tx)}
+                        "sql": list(statements),
+                        "round_trips": wire["round_trips"] if engine.dialect.name ==
+                        "postgresql" else None}
 
-    event.listen(engine, "before_cursor_execute", on_exec)
-    event.listen(engine, "begin", on_begin)
-    event.listen(engine, "commit", on_commit)
-    event.listen(engine, "rollback", on_rollback)
+    hooks = [(engine, "before_cursor_execute", on_exec), (engine, "commit", on_end),
+             (engine, "rollback", on_end), (engine.pool, "reset", on_reset)]
+    for target, name, fn in hooks:
+        event.listen(target, name, fn)
     try:
         client = app.test_client()
         for name, call in calls.items():
@@ -342,10 +357,8 @@ def count_sql(backend: Backend, introspect_tokens: list[str]) -> dict[str, dict[
                 body = f"token={introspect_tokens[k]}"
             measure(f"{name} (client not cached)", (method, path, headers, body))
     finally:
-        event.remove(engine, "before_cursor_execute", on_exec)
-        event.remove(engine, "begin", on_begin)
-        event.remove(engine, "commit", on_commit)
-        event.remove(engine, "rollback", on_rollback)
+        for target, name, fn in hooks:
+            event.remove(target, name, fn)
     return counts
 
 
@@ -808,13 +821,15 @@ def render(results: list[Result], sql: dict[str, dict[str, dict[str, Any]]],
                   "cores during some runs (column 'other'): those figures are pessimistic."]
     if sql:
         lines += ["", "## SQL per request (in process, warm caches)", "",
-                  "| backend | endpoint | statements | BEGIN | COMMIT | ROLLBACK |",
-                  "|---|---|--:|--:|--:|--:|"]
+                  "Round trips: what travels to PostgreSQL, BEGIN and COMMIT/ROLLBACK included "
+                  "(SQLite is in process).", "",
+                  "| backend | endpoint | SQL statements | round trips |",
+                  "|---|---|--:|--:|"]
         for backend, counts in sql.items():
             for endpoint, c in counts.items():
                 flag = "" if c["ok"] else f" (status {c['status']}, NOT OK)"
-                lines.append(f"| {backend} | {endpoint}{flag} | {c['statements']} | "
-                             f"{c['begin']} | {c['commit']} | {c['rollback']} |")
+                trips = "-" if c["round_trips"] is None else c["round_trips"]
+                lines.append(f"| {backend} | {endpoint}{flag} | {c['statements']} | {trips} |")
         if args.show_sql:
             for backend, counts in sql.items():
                 for endpoint, c in counts.items():
@@ -921,9 +936,9 @@ def main(argv: list[str] | None = None) -> int:
                 setup_backend(backend, args.clients)
                 sql[name] = count_sql(backend, mint_client_tokens(backend))
                 for c, counts in sql[name].items():
-                    log(f"{name}: {c}: {counts['statements']} SQL statements, "
-                        f"{counts['begin']} BEGIN, {counts['commit']} COMMIT, "
-                        f"{counts['rollback']} ROLLBACK"
+                    trips = counts["round_trips"]
+                    log(f"{name}: {c}: {counts['statements']} SQL statements"
+                        + ("" if trips is None else f", {trips} round trips")
                         + ("" if counts["ok"] else f" (status {counts['status']}, NOT OK)"))
                 with backend.app.app_context():
                     from idp.extensions import db
