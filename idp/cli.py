@@ -14,17 +14,20 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
+from alembic.util.exc import CommandError as AlembicCommandError
 from flask import Flask
 from flask.cli import ScriptInfo
 from sqlalchemy.exc import SQLAlchemyError
 
+from idp.clients.models import AuthMethod, ClientProfile, SubjectType
+from idp.clients.services import GRANT_TYPES, ID_TOKEN_ALGS
 from idp.errors import IdpError
+from idp.keys.services import SUPPORTED_ALGS as KEY_ALGS
+from idp.orgs.models import Role
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
-ID_TOKEN_ALGS = ("RS256", "ES256", "PS256", "EdDSA")
-KEY_ALGS = ("RS256", "PS256", "ES256", "EdDSA")
+AUTH_METHODS = tuple(m.value for m in AuthMethod)
 ACTOR = "operator:cli"
 
 
@@ -36,6 +39,8 @@ class IdpGroup(click.Group):
             return super().invoke(ctx)
         except IdpError as exc:
             raise click.ClickException(exc.message) from None
+        except AlembicCommandError as exc:
+            raise click.ClickException(f"migration error: {exc}") from None
         except SQLAlchemyError as exc:
             detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
             raise click.ClickException(
@@ -296,19 +301,19 @@ def _client_options(*, create: bool) -> Callable[[F], F]:
                 "--grant-type",
                 "grant_types",
                 multiple=True,
-                type=click.Choice(("authorization_code", "refresh_token", "client_credentials")),
+                type=click.Choice(GRANT_TYPES),
             ),
             click.option("--id-token-alg", type=click.Choice(ID_TOKEN_ALGS)),
             click.option(
                 "--subject-type",
-                type=click.Choice(("public", "pairwise")),
+                type=click.Choice([t.value for t in SubjectType]),
                 default="public" if create else None,
             ),
             click.option("--post-logout-redirect-uri", "post_logout_redirect_uris", multiple=True),
             click.option("--backchannel-logout-uri", help="Back-channel logout URL ('' clears)."),
             click.option(
                 "--profile",
-                type=click.Choice(("basic", "fapi2")),
+                type=click.Choice([p.value for p in ClientProfile]),
                 default="basic" if create else None,
             ),
             json_option,
@@ -499,7 +504,7 @@ def org_create(br_number: str, name: str, admin_email: str, as_json: bool) -> No
     multiple=True,
     default=("member",),
     show_default=True,
-    type=click.Choice(("admin", "signatory", "member")),
+    type=click.Choice([r.value for r in Role]),
 )
 @json_option
 @with_app

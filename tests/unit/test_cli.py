@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from flask import Flask
 from flask.testing import FlaskCliRunner
 from jwt.algorithms import ECAlgorithm
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from idp import cli as idp_cli
 from idp import schema
@@ -652,6 +652,16 @@ def test_database_errors_are_one_line(make_app: Callable[..., Flask], tmp_path: 
     app = make_app(tables=False, keys=False, DATABASE_URL=f"sqlite:///{tmp_path / 'e.sqlite3'}")
     result = app.test_cli_runner().invoke(idp_cli.cli, ["client", "list"])
     assert_one_line_error(result, "database error")
+
+
+def test_migration_errors_are_one_line(make_app: Callable[..., Flask], tmp_path: Path) -> None:
+    app = make_app(tables=False, keys=False, DATABASE_URL=f"sqlite:///{tmp_path / 'm.sqlite3'}")
+    with app.app_context(), db.engine.begin() as conn:
+        conn.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)"))
+        conn.execute(text("INSERT INTO alembic_version VALUES ('deadbeef')"))
+    runner = app.test_cli_runner()
+    assert_one_line_error(runner.invoke(idp_cli.cli, ["init"]), "migration error", "deadbeef")
+    assert_one_line_error(runner.invoke(idp_cli.cli, ["serve"]), "deadbeef", "idp init")
 
 
 def test_configuration_errors_are_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
