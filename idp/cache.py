@@ -38,7 +38,10 @@ def _redis() -> Any:
 
 
 def _key(namespace: str, value: str) -> str:
-    return f"idp:{namespace}:{hashlib.sha256(value.encode('utf-8', 'surrogatepass')).hexdigest()}"
+    # Keyed by issuer too, so that several providers can share one Redis.
+    issuer = str(current_app.config["IDP"]["ISSUER"])
+    material = f"{issuer}\x00{value}".encode("utf-8", "surrogatepass")
+    return f"idp:{namespace}:{hashlib.sha256(material).hexdigest()}"
 
 
 def use_once(namespace: str, value: str, *, ttl: int) -> bool:

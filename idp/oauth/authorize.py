@@ -129,6 +129,8 @@ def start(values: dict[str, list[str]]) -> tuple[str, PendingAuthorization] | Cl
     """Validate an authorization request. Returns ``(handle, pending)`` for a valid request
     or a ``ClientRedirect`` carrying the error; raises ``AuthorizationPageError`` when the
     client or its redirect URI cannot be trusted."""
+    if any("\x00" in k or any("\x00" in x for x in v) for k, v in values.items()):
+        raise AuthorizationPageError("invalid_request", "The request contains a NUL character.")
     params = {k: v[0] for k, v in values.items() if v}
     duplicated = sorted(k for k, v in values.items() if len(v) > 1)
     if any(k in ("client_id", "redirect_uri") for k in duplicated):

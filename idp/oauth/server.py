@@ -78,7 +78,12 @@ class IssuerOAuth2Request(OAuth2Request):
 class AuthorizationServer(FlaskAuthorizationServer):
     def query_client(self, client_id: Any) -> Client | None:
         """The client, from this worker's short cache or one indexed query."""
-        if not isinstance(client_id, str) or not client_id or len(client_id) > 64:
+        if (
+            not isinstance(client_id, str)
+            or not client_id
+            or len(client_id) > 64
+            or "\x00" in client_id
+        ):
             return None
         ttl = float(current_app.config["IDP"]["CLIENT_CACHE_TTL"])
         if ttl > 0:

@@ -164,6 +164,8 @@ def _check_form_post() -> Response | None:
         )
     if request.args:
         return json_error(400, "invalid_request", "Send parameters in the body, not the URL.")
+    if any("\x00" in k or "\x00" in v for k, v in request.form.items(multi=True)):
+        return json_error(400, "invalid_request", "The request contains a NUL character.")
     repeated = sorted(k for k in request.form if len(request.form.getlist(k)) > 1)
     if repeated:
         return json_error(

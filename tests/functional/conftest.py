@@ -10,9 +10,11 @@ to create people and clients and to move clocks (expiry) without sleeping.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import secrets
 import threading
 import warnings
@@ -92,16 +94,49 @@ class Live:
         return document
 
 
+@contextlib.contextmanager
+def scratch_postgres(base: str, prefix: str) -> Iterator[str]:
+    """A PostgreSQL database of its own next to ``base`` (whose role may create databases),
+    dropped afterwards; yields its URL."""
+    from sqlalchemy import create_engine, make_url, text
+
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(base).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 @pytest.fixture(scope="session")
-def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    """The app served on 127.0.0.1 at a free port, issuer ``http://127.0.0.1:<port>``."""
+def live_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """SQLite by default; a scratch PostgreSQL database when ``IDP_TEST_DATABASE_URL`` is set
+    (the suite's other fixtures truncate their own schema between tests, so the live server
+    keeps a database of its own)."""
+    base = os.environ.get("IDP_TEST_DATABASE_URL", "")
+    if not base:
+        yield f"sqlite:///{tmp_path_factory.mktemp('corpid-db') / 'idp.sqlite3'}"
+        return
+    with scratch_postgres(base, "corpid_live") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory: pytest.TempPathFactory, live_database: str,
+                redis_url: str | None) -> Iterator[Live]:
+    """The app served on 127.0.0.1 at a free port, issuer ``http://127.0.0.1:<port>``; on
+    Redis too when ``IDP_REDIS_URL`` is set (``redis_url`` from tests/conftest.py)."""
     folder = tmp_path_factory.mktemp("corpid-live")
     # Bind first (port 0: the kernel picks a free one), then build the app for that address.
     server = make_server("127.0.0.1", 0, Flask("placeholder"), threaded=True)
     issuer = f"http://127.0.0.1:{server.server_port}"
-    app = create_app({"ISSUER": issuer, "DATABASE_URL": f"sqlite:///{folder / 'idp.sqlite3'}",
+    app = create_app({"ISSUER": issuer, "DATABASE_URL": live_database,
                       "KEYS_DIR": str(folder / "keys"), "SECRET_KEY": SECRET_KEY,
-                      "LOG_LEVEL": "WARNING"})
+                      "REDIS_URL": redis_url or "", "LOG_LEVEL": "WARNING"})
     app.config["TESTING"] = True
     with app.app_context():
         schema.upgrade()
@@ -118,6 +153,25 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()
+        redis_client = app.extensions.get("idp.redis")
+        if redis_client is not None:
+            redis_client.close()
+
+
+def _reset(app: Flask) -> None:
+    """Empty every table but the signing keys; flush this worker's Redis database."""
+    with app.app_context():
+        db.session.remove()
+        with db.engine.begin() as conn:
+            for table in reversed(db.metadata.sorted_tables):
+                if table.name not in KEEP_TABLES:
+                    conn.execute(table.delete())
+    redis_client = app.extensions.get("idp.redis")
+    if redis_client is not None:
+        redis_client.flushdb()
 
 
 @pytest.fixture
@@ -125,20 +179,14 @@ def live(live_server: Live, request: pytest.FixtureRequest) -> Iterator[Live]:
     """The live server, with every table but the signing keys emptied after the test, and a
     check that it answered no 5xx during the test (xfail tests aside: they document bugs)."""
     keys.clear_caches()  # module-level: another app in this process may have filled them
-    with live_server.app.app_context():
-        db.session.remove()
+    _reset(live_server.app)
     live_server.errors.seen.clear()
     yield live_server
     seen, live_server.errors.seen[:] = list(live_server.errors.seen), []
+    _reset(live_server.app)
+    keys.clear_caches()
     if request.node.get_closest_marker("xfail") is None:
         assert not seen, f"the server answered 5xx: {seen}"
-    with live_server.app.app_context():
-        db.session.remove()
-        with db.engine.begin() as conn:
-            for table in reversed(db.metadata.sorted_tables):
-                if table.name not in KEEP_TABLES:
-                    conn.execute(table.delete())
-    keys.clear_caches()
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 import requests
@@ -329,3 +330,59 @@ def test_every_json_error_is_rfc_shaped(live: Live, signed_in: SignedIn,
 def test_grant_errors_are_described(live: Live, rp: RP, data: dict[str, str]) -> None:
     response = post(live, "/token", rp, data)
     assert_json_error(response, 400)
+
+
+# --- NUL bytes (PostgreSQL refuses them in text: they must not reach a query) ------------------
+
+NUL = "\x00"
+
+
+@pytest.mark.parametrize("field", ["client_id", "redirect_uri", "state", "scope", "nonce",
+                                   "login_hint", "code_challenge", "id_token_hint"])
+def test_nul_bytes_in_authorization_requests(live: Live, signed_in: SignedIn, rp: RP,
+                                             field: str) -> None:
+    _, b = signed_in()
+    _, challenge = pkce_pair()
+    params = {"client_id": rp.client_id, "redirect_uri": rp.redirect_uri, "state": "s",
+              "scope": "openid", "nonce": "n", "login_hint": "x", "code_challenge": challenge,
+              "id_token_hint": "a.b.c"}
+    params[field] = params[field] + NUL
+    url = live.url("/authorize?" + urlencode({**params, "response_type": "code",
+                                                "code_challenge_method": "S256"}))
+    response = b.go(url)
+    assert response.status_code in (200, 303, 400), response.status_code
+
+
+@pytest.mark.parametrize("data", [
+    {"grant_type": "authorization_code", "code": "cic_" + NUL, "redirect_uri": "x",
+     "code_verifier": "v" * 43},
+    {"grant_type": "refresh_token", "refresh_token": "cir_" + NUL},
+    {"grant_type": "client_credentials", "scope": NUL},
+    {"grant_type": "client_credentials", "client_id": "a" + NUL, "client_secret": "b"},
+    {"grant_type": "client_credentials", "client_assertion_type": ASSERTION_TYPE,
+     "client_assertion": f"{b64json({'alg': 'ES256'})}.{b64json({'sub': 'a' + NUL})}.c2ln"},
+], ids=["code", "refresh", "scope", "client_id", "assertion-sub"])
+def test_nul_bytes_at_the_token_endpoint(live: Live, rp: RP, data: dict[str, str]) -> None:
+    auth = None if "client_id" in data or "client_assertion" in data else (
+        rp.client_id, str(rp.secret))
+    response = requests.post(live.url("/token"), data=data, auth=auth, timeout=10)
+    assert 400 <= response.status_code < 500, response.status_code
+    basic = requests.post(live.url("/token"), data={"grant_type": "client_credentials"},
+                          auth=(rp.client_id + NUL, "x"), timeout=10)
+    assert basic.status_code in (400, 401)
+
+
+@pytest.mark.parametrize("token", ["cir_" + NUL, NUL, "a" + NUL + ".b.c"])
+def test_nul_bytes_at_introspection_revocation_userinfo(live: Live, rp: RP, token: str) -> None:
+    assert post(live, "/introspect", rp, {"token": token}).status_code in (200, 400)
+    assert post(live, "/revoke", rp, {"token": token}).status_code in (200, 400)
+
+
+def test_nul_bytes_in_cookies_and_handles(live: Live, rp: RP,
+                                          browser: Callable[[], Browser]) -> None:
+    b = browser()
+    b.http.cookies.set("corpid_session", "cil_" + "%00", domain="127.0.0.1", path="/")
+    _, challenge = pkce_pair()
+    assert b.request("GET", authorize_url(live, rp, challenge=challenge)).status_code == 303
+    response = b.request("GET", live.url("/authorize/continue?h=cia_%00"))
+    assert response.status_code == 400

@@ -8,7 +8,6 @@ makes a scratch database of its own and drops it afterwards.
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
 import sys
 import time
@@ -20,7 +19,6 @@ from typing import Any
 import pytest
 import requests
 from flask import Flask
-from sqlalchemy import create_engine, make_url, text
 
 from idp import create_app, schema
 from idp.extensions import db
@@ -37,6 +35,7 @@ from tests.functional.conftest import (
     callback,
     pkce_pair,
     pooled_key,
+    scratch_postgres,
 )
 
 pytestmark = pytest.mark.postgres
@@ -71,17 +70,8 @@ def scratch_database() -> Iterator[str]:
     base = os.environ.get("IDP_TEST_DATABASE_URL", "")
     if not base:
         pytest.skip("IDP_TEST_DATABASE_URL is not set")
-    name = f"corpid_functional_{secrets.token_hex(4)}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(base).set(database=name).render_as_string(hide_password=False)
-    try:
+    with scratch_postgres(base, "corpid_workers") as url:
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture
