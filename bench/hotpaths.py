@@ -244,7 +244,26 @@ def measure_all(app: Any, backend: run.Backend, tokens_: list[str], n: int,
             with auto.connect() as conn:
                 conn.scalar(select(exists().where(RevokedAccessToken.jti == claims_cc["jti"])))
 
-        row("same check, autocommit connection", per_op(live_auto, n))
+        row("same check, autocommit connection, statement built per call", per_op(live_auto, n))
+        from sqlalchemy import bindparam
+
+        prebuilt = select(exists().where(RevokedAccessToken.jti == bindparam("jti")))
+
+        def live_prebuilt(i: int) -> None:
+            with auto.connect() as conn:
+                conn.scalar(prebuilt, {"jti": claims_cc["jti"]})
+
+        row("same check, autocommit, statement built once (bindparam)",
+            per_op(live_prebuilt, n))
+        raw_sql = "SELECT EXISTS (SELECT 1 FROM revoked_access_tokens WHERE jti = %(jti)s)"
+        if engine.dialect.name != "postgresql":
+            raw_sql = "SELECT EXISTS (SELECT 1 FROM revoked_access_tokens WHERE jti = :jti)"
+
+        def live_driver_sql(i: int) -> None:
+            with auto.connect() as conn:
+                conn.exec_driver_sql(raw_sql, {"jti": claims_cc["jti"]}).scalar()
+
+        row("same check, autocommit, exec_driver_sql", per_op(live_driver_sql, n))
         redis = app.extensions.get("idp.redis")
         if redis is not None:
             row("same check as a Redis EXISTS (revoked jtis kept in Redis)", per_op(
@@ -297,6 +316,129 @@ def measure_all(app: Any, backend: run.Backend, tokens_: list[str], n: int,
             row("per-client rate-limit hit (default 60,000/min), "
                 + ("Redis" if redis is not None else "database"), per_op(rate_hit, n),
                 "switched off in the load runs")
+
+    # --- a floor: the same two endpoints without Flask and Authlib --------------------------
+    print("lean WSGI prototypes (not Corp ID code: what the work itself costs)")
+    measure_lean(app, backend, tokens_, n, row)
+
+
+def measure_lean(app: Any, backend: run.Backend, tokens_: list[str], n: int,
+                 row: Callable[..., None]) -> None:
+    """Minimal WSGI handlers doing the same checks as /introspect and /token
+    (client_credentials): Basic auth against the stored digest, an active client using
+    client_secret_basic, ES256 by hand, revocation by one autocommit query. They show how
+    much of a request is the work and how much the framework around it."""
+    import hmac
+    from urllib.parse import parse_qsl
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import (
+        decode_dss_signature,
+        encode_dss_signature,
+    )
+    from sqlalchemy import bindparam, exists, select
+
+    from idp.clients.models import Client
+    from idp.db import new_public_id
+    from idp.extensions import db
+    from idp.keys import services as keys
+    from idp.oauth.models import RevokedAccessToken
+    from idp.security import digest
+
+    issuer = backend.issuer
+    with app.app_context():
+        rows = {c.client_id: (c.secret_hash, c.is_active, c.auth_method.value, list(c.scopes))
+                for c in db.session.query(Client)}
+        kid, key = keys.signing_key("ES256")
+        pub = key.public_key()
+        auto = db.engine.execution_options(isolation_level="AUTOCOMMIT")
+    live_stmt = select(exists().where(RevokedAccessToken.jti == bindparam("jti")))
+    header = b64(json.dumps({"alg": "ES256", "kid": kid, "typ": "at+jwt"},
+                            separators=(",", ":")).encode())
+    ttl = 600
+
+    def unb64(s: str) -> bytes:
+        return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+
+    def client_from(environ: dict[str, Any]) -> str | None:
+        auth = environ.get("HTTP_AUTHORIZATION", "")
+        if not auth.startswith("Basic "):
+            return None
+        cid, _, secret = base64.b64decode(auth[6:]).decode().partition(":")
+        found = rows.get(cid)
+        if found is None or not found[1] or found[2] != "client_secret_basic":
+            return None
+        return cid if hmac.compare_digest(digest(secret), found[0] or "") else None
+
+    def answer(start_response: Any, status: str, body: dict[str, Any]) -> list[bytes]:
+        data = json.dumps(body, separators=(",", ":")).encode()
+        start_response(status, [("Content-Type", "application/json"),
+                                ("Content-Length", str(len(data))),
+                                ("Cache-Control", "no-store"), ("Pragma", "no-cache")])
+        return [data]
+
+    def lean_introspect(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        form = dict(parse_qsl(body.decode()))
+        cid = client_from(environ)
+        if cid is None:
+            return answer(start_response, "401 Unauthorized", {"error": "invalid_client"})
+        h, p, sig_b64 = form.get("token", "..").split(".", 2)
+        sig = unb64(sig_b64)
+        try:
+            pub.verify(encode_dss_signature(int.from_bytes(sig[:32], "big"),
+                                            int.from_bytes(sig[32:], "big")),
+                       f"{h}.{p}".encode(), ec.ECDSA(hashes.SHA256()))
+        except Exception:
+            return answer(start_response, "200 OK", {"active": False})
+        hdr, claims = json.loads(unb64(h)), json.loads(unb64(p))
+        if (hdr.get("kid") != kid or hdr.get("typ") != "at+jwt" or claims["iss"] != issuer
+                or claims["exp"] <= time.time() or claims.get("client_id") != cid):
+            return answer(start_response, "200 OK", {"active": False})
+        with auto.connect() as conn:
+            if conn.scalar(live_stmt, {"jti": claims["jti"]}):
+                return answer(start_response, "200 OK", {"active": False})
+        out = {"active": True, "token_type": "Bearer"}
+        out.update({k: claims[k] for k in ("scope", "client_id", "sub", "aud", "iss", "exp",
+                                           "iat", "jti") if k in claims})
+        return answer(start_response, "200 OK", out)
+
+    def lean_token(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        form = dict(parse_qsl(body.decode()))
+        cid = client_from(environ)
+        if cid is None:
+            return answer(start_response, "401 Unauthorized", {"error": "invalid_client"})
+        if form.get("grant_type") != "client_credentials":
+            return answer(start_response, "400 Bad Request",
+                          {"error": "unsupported_grant_type"})
+        scope = form.get("scope", "")
+        if any(s not in rows[cid][3] for s in scope.split()):
+            return answer(start_response, "400 Bad Request", {"error": "invalid_scope"})
+        now = int(time.time())
+        claims = {"iss": issuer, "exp": now + ttl, "iat": now, "jti": new_public_id(),
+                  "aud": cid, "client_id": cid, "scope": scope, "sub": cid}
+        payload = b64(json.dumps(claims, separators=(",", ":")).encode())
+        r, s_ = decode_dss_signature(key.sign(f"{header}.{payload}".encode(),
+                                              ec.ECDSA(hashes.SHA256())))
+        token = f"{header}.{payload}.{b64(r.to_bytes(32, 'big') + s_.to_bytes(32, 'big'))}"
+        return answer(start_response, "200 OK", {"access_token": token, "token_type": "Bearer",
+                                                 "expires_in": ttl, "scope": scope})
+
+    envs_i = [inprocess.environ_for(backend, "introspection", k, tokens_) for k in range(1000)]
+    envs_t = [inprocess.environ_for(backend, "client_credentials", k, tokens_)
+              for k in range(1000)]
+    assert inprocess.call(lean_introspect, envs_i[0]).startswith("200")
+    assert inprocess.call(lean_token, envs_t[0]).startswith("200")
+    row("lean WSGI /introspect (same checks, no Flask/Authlib)", per_op(
+        lambda i: inprocess.call(lean_introspect, envs_i[i % 1000]), n))
+    row("Corp ID /introspect, same requests", per_op(
+        lambda i: inprocess.call(app, envs_i[i % 1000]), n))
+    row("lean WSGI /token client_credentials (same checks, no Flask/Authlib)", per_op(
+        lambda i: inprocess.call(lean_token, envs_t[i % 1000]), n))
+    row("Corp ID /token client_credentials, same requests", per_op(
+        lambda i: inprocess.call(app, envs_t[i % 1000]), n))
 
 
 if __name__ == "__main__":
