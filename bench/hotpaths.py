@@ -255,6 +255,13 @@ def measure_all(app: Any, backend: run.Backend, tokens_: list[str], n: int,
 
         row("same check, autocommit, statement built once (bindparam)",
             per_op(live_prebuilt, n))
+
+        def live_prebuilt_idp_pattern(i: int) -> None:
+            with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.scalar(prebuilt, {"jti": claims_cc["jti"]})
+
+        row("same, but connect().execution_options(AUTOCOMMIT) per call as idp/ does",
+            per_op(live_prebuilt_idp_pattern, n))
         raw_sql = "SELECT EXISTS (SELECT 1 FROM revoked_access_tokens WHERE jti = %(jti)s)"
         if engine.dialect.name != "postgresql":
             raw_sql = "SELECT EXISTS (SELECT 1 FROM revoked_access_tokens WHERE jti = :jti)"
