@@ -363,6 +363,7 @@ class Browser:
         self.http = requests.Session()
         self.sid: str | None = None
         self.session_id: int | None = None
+        self.auth_time: int | None = None
 
     def sign_in(self, person: PersonInfo, *, acr: str = "phrh",
                 amr: tuple[str, ...] = ("hwk", "mfa")) -> str:
@@ -376,6 +377,7 @@ class Browser:
             session, secret = start_session(person=row, security_key_id=None, acr=acr,
                                             amr=list(amr))
             self.sid, self.session_id = session.sid, session.id
+            self.auth_time = int(session.auth_time.timestamp())
             db.session.remove()
         self.http.cookies.set(LOGIN_COOKIE, secret, domain="127.0.0.1", path="/")
         return secret
