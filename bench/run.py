@@ -111,6 +111,7 @@ class Backend:
     clients: list[tuple[str, str]] = field(default_factory=list)  # (client_id, secret)
     user_token: str = ""
     app: Any = None
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def issuer(self) -> str:
@@ -132,6 +133,7 @@ class Backend:
         })
         if self.redis_url:
             env["IDP_REDIS_URL"] = self.redis_url
+        env.update(self.extra_env)
         return env
 
     def overrides(self) -> dict[str, Any]:
@@ -799,6 +801,8 @@ def render(results: list[Result], sql: dict[str, dict[str, dict[str, Any]]],
         f"- data: {args.clients} clients (client_secret_basic), client_credentials rotates "
         "over all of them; each introspection is of a client_credentials token by its own "
         "client; userinfo with one user access token (scope openid profile email corp)",
+        *([f"- extra server settings: {', '.join(f'{k}={v}' for k, v in args.extra_env.items())}"]
+          if args.extra_env else []),
         "- targets are the issue's, for PostgreSQL; SQLite figures are for reference",
         "- cores used: average CPU cores (of 2) during the measured run by the server's "
         "processes (srv), PostgreSQL (pg), Redis, the load generator (wrk) and the rest",
@@ -871,6 +875,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "run into DIR (figures then include py-spy's overhead)")
     p.add_argument("--pyspy", default=shutil.which("py-spy") or "py-spy",
                    help="the py-spy executable (pip install py-spy)")
+    p.add_argument("--env", action="append", default=[], metavar="IDP_NAME=VALUE",
+                   help="extra setting for the servers, e.g. IDP_CLIENT_CACHE_TTL=60 or "
+                        "IDP_ACCESS_TOKEN_ALG=RS256 (repeatable; shown in the report)")
     p.add_argument("--show-sql", action="store_true", help="list each endpoint's statements")
     p.add_argument("--keep", action="store_true",
                    help="keep the temp folder and the corpid_bench database")
@@ -880,6 +887,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for e in args.endpoints:
         if e not in ENDPOINTS:
             p.error(f"unknown endpoint {e!r}")
+    args.extra_env = {}
+    for item in args.env:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("IDP_"):
+            p.error(f"--env wants IDP_NAME=VALUE, not {item!r}")
+        args.extra_env[name] = value
     args.servers = [s for s in args.servers.split(",") if s]
     known = server_commands(0)
     for s in args.servers:
@@ -908,6 +921,7 @@ def main(argv: list[str] | None = None) -> int:
         print("wrk is not installed: apt-get install -y wrk", file=sys.stderr)
         return 2
     sys.path.insert(0, str(ROOT))
+    os.environ.update(args.extra_env)  # the in-process setup app sees the same settings
     servers = list(args.servers)
     if any(s.startswith("idp-serve") for s in servers) and not cli_has("serve"):
         log("`idp serve` is not available: gunicorn-sync stands in for idp-serve")
@@ -933,6 +947,7 @@ def main(argv: list[str] | None = None) -> int:
                     drop_pg()
                     pg_admin(f"CREATE DATABASE {PG_DB}")
                     backend = Backend(name, PG_SA_URL, REDIS_URL, workdir, free_port())
+                backend.extra_env = dict(args.extra_env)
                 setup_backend(backend, args.clients)
                 sql[name] = count_sql(backend, mint_client_tokens(backend))
                 for c, counts in sql[name].items():
