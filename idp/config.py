@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,8 +64,40 @@ DEFAULTS: dict[str, Any] = {
     "SESSION_IDLE_TTL": 30 * 60,
     # Absolute lifetime of a sign-in session in seconds.
     "SESSION_ABSOLUTE_TTL": 12 * 3600,
+    # WebAuthn RP ID: the issuer's host or a registrable suffix of it; empty = the issuer's host.
+    "WEBAUTHN_RP_ID": "",
+    # Name of the relying party shown by the browser and the security key.
+    "WEBAUTHN_RP_NAME": "Corp ID",
+    # Seconds a WebAuthn challenge (enrolment or sign-in) stays valid; single-use either way.
+    "WEBAUTHN_CHALLENGE_TTL": 300,
+    # Failed sign-ins allowed per source address per minute before 429 (0 disables).
+    "LOGIN_FAILURES_PER_SOURCE_PER_MINUTE": 30,
+    # Failed sign-ins allowed against one person per minute before 429 (0 disables).
+    "LOGIN_FAILURES_PER_PERSON_PER_MINUTE": 10,
+    # Enrolment requests (options and verify) allowed per source address per minute (0 disables).
+    "ENROL_RATE_LIMIT_SOURCE_PER_MINUTE": 60,
+    # Lifetime of back-channel logout tokens in seconds (each attempt signs a fresh one).
+    "BACKCHANNEL_LOGOUT_TOKEN_TTL": 120,
+    # Seconds to wait for a relying party's back-channel logout URI (connect and answer each).
+    "BACKCHANNEL_LOGOUT_TIMEOUT": 5,
+    # Attempts at delivering one back-channel logout before giving up.
+    "BACKCHANNEL_LOGOUT_ATTEMPTS": 5,
+    # Seconds before the first retry; each later retry waits four times longer (30 s: ~40 min).
+    "BACKCHANNEL_LOGOUT_RETRY_DELAY": 30,
+    # Threads per process sending back-channel logouts off the request (0: only the
+    # `idp logout deliver` command sends them).
+    "BACKCHANNEL_LOGOUT_THREADS": 4,
     # Log level for the idp logger.
     "LOG_LEVEL": "INFO",
+    # WebAuthn attestation policy: none (any authenticator) or trusted (certified hardware keys
+    # chained to keys/attestation-roots/ or the MDS3 BLOB); empty = none in demo, else trusted.
+    "WEBAUTHN_ATTESTATION": "",
+    # FIDO Metadata Service (MDS3) BLOB file, relative to KEYS_DIR; empty disables it.
+    "WEBAUTHN_MDS_BLOB": "mds3.jwt",
+    # PEM trust anchor (FIDO's MDS root) the BLOB's signing chain must end at, relative to KEYS_DIR.
+    "WEBAUTHN_MDS_ROOT": "mds-root.pem",
+    # Comma-separated AAGUIDs allowed to enrol in trusted mode; empty = no allow-list.
+    "WEBAUTHN_AAGUID_ALLOWLIST": "",
 }
 
 _BOOL = {
@@ -120,6 +153,23 @@ def validate_config(config: dict[str, Any]) -> None:
         raise ValueError("IDP_CODE_TTL must be between 1 and 60 seconds")
     if config["ACCESS_TOKEN_ALG"] not in ("ES256", "RS256", "PS256", "EdDSA"):
         raise ValueError("IDP_ACCESS_TOKEN_ALG must be ES256, RS256, PS256 or EdDSA")
+    rp_id = str(config.get("WEBAUTHN_RP_ID") or "")
+    host = (urlsplit(issuer).hostname or "").lower()
+    if rp_id and not (rp_id.lower() == host or host.endswith("." + rp_id.lower())):
+        raise ValueError("IDP_WEBAUTHN_RP_ID must be the issuer's host or a suffix of it")
+    if not 30 <= int(config.get("WEBAUTHN_CHALLENGE_TTL", 300)) <= 600:
+        raise ValueError("IDP_WEBAUTHN_CHALLENGE_TTL must be between 30 and 600 seconds")
+    _validate_attestation(config)
+
+
+def _validate_attestation(config: dict[str, Any]) -> None:
+    from idp.authn.attestation import parse_allowlist, resolve_mode
+
+    resolve_mode(config)  # raises on a value other than none, trusted or empty
+    parse_allowlist(str(config.get("WEBAUTHN_AAGUID_ALLOWLIST") or ""))
+    for name in ("WEBAUTHN_MDS_BLOB", "WEBAUTHN_MDS_ROOT"):
+        if "\x00" in str(config.get(name) or ""):
+            raise ValueError(f"IDP_{name} must be a file name")
 
 
 def _is_loopback_http(url: str) -> bool:

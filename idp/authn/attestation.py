@@ -1,0 +1,394 @@
+"""The WebAuthn attestation policy: which authenticators may enrol (``IDP_WEBAUTHN_ATTESTATION``).
+
+The ceremony module (``idp.authn.webauthn``, the one door to py_webauthn) asks this module two
+things during enrolment:
+
+1. ``current_policy().roots_for(fmt=, aaguid=)`` — the PEM root certificates to pass to
+   ``verify_registration_response(pem_root_certs_bytes_by_fmt={fmt: roots})``. py_webauthn
+   checks a trust path only when it is given roots, so in mode ``trusted`` an empty answer is
+   never returned: ``AttestationRefused`` is raised instead.
+2. ``current_policy().enforce(fmt=, aaguid=, has_trust_path=, backup_eligible=)`` after
+   py_webauthn verified the response — the rules py_webauthn leaves to us (formats, self
+   attestation, AAGUID allow-list, compromised models, synced credentials). Returns a
+   ``Verdict`` with the AAGUID and the model name to store.
+
+Modes: ``none`` accepts any authenticator (the demo default); ``trusted`` requires a ``packed``,
+``fido-u2f`` or ``tpm`` attestation with a certificate chain (x5c) ending at a root in
+``keys/attestation-roots/`` or in a FIDO Metadata Service (MDS3) BLOB the operator placed in
+``keys/``. The BLOB is verified (JWS signature, x5c chain up to the configured MDS root,
+``nextUpdate``) once per process per file version; a BLOB that fails is logged and ignored
+(no roots, no model names from it), it never makes enrolment requests fail with a 500.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from flask import current_app
+
+from idp.errors import IdpError
+
+log = logging.getLogger("idp.authn.attestation")
+
+MODES = ("none", "trusted")
+# Formats whose statement can carry a certificate chain we can check against our roots.
+TRUSTED_FORMATS = frozenset({"packed", "fido-u2f", "tpm"})
+# MDS3 AuthenticatorStatus values that mean the model's keys cannot be trusted.
+COMPROMISE_STATUSES = frozenset(
+    {
+        "ATTESTATION_KEY_COMPROMISE",
+        "USER_VERIFICATION_BYPASS",
+        "USER_KEY_REMOTE_COMPROMISE",
+        "USER_KEY_PHYSICAL_COMPROMISE",
+        "REVOKED",
+    }
+)
+ZERO_AAGUID = "00000000-0000-0000-0000-000000000000"
+ROOTS_FOLDER = "attestation-roots"
+# The real MDS3 BLOB is a few MB; anything far larger is not one.
+MAX_BLOB_BYTES = 32 * 1024 * 1024
+# One PEM file of a few roots; a larger file in the roots folder is a mistake.
+MAX_ROOT_FILE_BYTES = 1024 * 1024
+# Algorithms the MDS BLOB may be signed with (JWS, RFC 7518); never ``none`` or HMAC.
+BLOB_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"]
+MODEL_NAME_MAX = 200  # SecurityKey.model_name
+
+# reason -> (English, Traditional Chinese): what the person is told.
+REASONS: dict[str, tuple[str, str]] = {
+    "format": (
+        "This kind of security key cannot prove which model it is. Use a hardware security key "
+        "approved by your organisation.",
+        "此類保安密鑰無法證明其型號。請使用貴機構核准的硬件保安密鑰。",
+    ),
+    "self_attestation": (
+        "This security key did not present a manufacturer certificate. Use a hardware security "
+        "key approved by your organisation.",
+        "此保安密鑰未有提供製造商證書。請使用貴機構核准的硬件保安密鑰。",
+    ),
+    "untrusted": (
+        "This security key model is not on the list of trusted models. Use a hardware security "
+        "key approved by your organisation.",
+        "此保安密鑰型號不在信任名單上。請使用貴機構核准的硬件保安密鑰。",
+    ),
+    "aaguid_not_allowed": (
+        "This security key model is not allowed here. Use a hardware security key approved by "
+        "your organisation.",
+        "此處不接受此保安密鑰型號。請使用貴機構核准的硬件保安密鑰。",
+    ),
+    "compromised": (
+        "This security key model has a known security problem and cannot be used. Use another "
+        "security key.",
+        "此保安密鑰型號有已知的保安問題而不能使用。請使用另一把保安密鑰。",
+    ),
+    "synced": (
+        "This is a synced passkey (copied between devices). Corp ID needs a hardware security "
+        "key whose key never leaves it.",
+        "這是會在裝置之間同步的通行密鑰。Corp ID 需要密鑰不會離開裝置的硬件保安密鑰。",
+    ),
+}
+
+
+class AttestationRefused(IdpError):
+    """This security key is not allowed by the attestation policy."""
+
+    status = 400
+    code = "attestation_refused"
+
+    def __init__(self, reason: str, message: str = "", **details: Any) -> None:
+        english = REASONS.get(reason, REASONS["untrusted"])[0]
+        super().__init__(message or english, reason=reason, **details)
+        self.reason = reason
+
+    def text(self, locale: str) -> str:
+        """The message for a person, in ``locale`` (``zh-Hant*`` or English)."""
+        english, chinese = REASONS.get(self.reason, REASONS["untrusted"])
+        return chinese if locale.lower().startswith("zh") else english
+
+
+class MetadataError(Exception):
+    """The MDS3 BLOB cannot be used (unreadable, bad signature or chain, out of date)."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What enrolment stores about an accepted authenticator."""
+
+    aaguid: str
+    model_name: str | None
+
+
+@dataclass(frozen=True)
+class MetadataEntry:
+    """One authenticator model of the MDS3 BLOB."""
+
+    aaguid: str
+    description: str | None
+    roots: tuple[bytes, ...]  # PEM
+    status: str | None  # the latest status report's status
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """A verified MDS3 BLOB payload, reduced to what the policy uses."""
+
+    number: int
+    next_update: dt.date
+    entries: dict[str, MetadataEntry] = field(default_factory=dict)
+
+
+def resolve_mode(config: dict[str, Any]) -> str:
+    """The effective mode: the setting, or (when empty) ``none`` in demo mode, else ``trusted``."""
+    value = str(config.get("WEBAUTHN_ATTESTATION") or "").strip().lower()
+    if not value:
+        return "none" if config.get("DEMO") else "trusted"
+    if value not in MODES:
+        raise ValueError("IDP_WEBAUTHN_ATTESTATION must be none or trusted (or empty)")
+    return value
+
+
+def parse_allowlist(raw: str) -> frozenset[str] | None:
+    """The AAGUID allow-list setting as canonical UUID strings; None when empty (no list).
+
+    Raises ``ValueError`` on an entry that is not a UUID."""
+    items = [item.strip() for item in str(raw or "").split(",") if item.strip()]
+    if not items:
+        return None
+    allowed = set()
+    for item in items:
+        try:
+            allowed.add(str(uuid.UUID(item)))
+        except ValueError:
+            raise ValueError(
+                f"IDP_WEBAUTHN_AAGUID_ALLOWLIST: {item[:40]!r} is not an AAGUID (a UUID)"
+            ) from None
+    return frozenset(allowed)
+
+
+def canonical_aaguid(aaguid: str | None) -> str:
+    """``aaguid`` as a lowercase UUID string; the all-zero AAGUID when missing or malformed."""
+    try:
+        return str(uuid.UUID(str(aaguid or "")))
+    except ValueError:
+        return ZERO_AAGUID
+
+
+class Policy:
+    """The attestation policy of one app. Thread-safe; reads key files lazily and caches them
+    by path and modification time, so a new BLOB or root is picked up without a restart."""
+
+    def __init__(
+        self,
+        *,
+        mode: str,
+        roots_dir: Path,
+        blob_path: Path | None,
+        mds_root_path: Path | None,
+        allowlist: frozenset[str] | None,
+    ) -> None:
+        self.mode = mode
+        self.roots_dir = roots_dir
+        self.blob_path = blob_path
+        self.mds_root_path = mds_root_path
+        self.allowlist = allowlist
+        self._lock = threading.Lock()
+        self._folder_key: tuple[Any, ...] | None = None
+        self._folder_roots: tuple[bytes, ...] = ()
+        self._blob_key: tuple[Any, ...] | None = None
+        self._metadata: Metadata | None = None
+        self.metadata_error: str | None = None
+
+    # --- what the ceremony asks ------------------------------------------------------------
+
+    def roots_for(self, *, fmt: str, aaguid: str) -> list[bytes]:
+        """PEM root certificates for an attestation of format ``fmt`` from model ``aaguid``.
+
+        ``[]`` in mode ``none``. In mode ``trusted`` raises ``AttestationRefused``
+        (``format``) for a format we cannot check and (``untrusted``) when no root is known."""
+        if self.mode == "none":
+            return []
+        if fmt not in TRUSTED_FORMATS:
+            raise AttestationRefused("format", fmt=fmt)
+        roots = list(self.folder_roots())
+        entry = self.metadata_entry(aaguid)
+        if entry is not None:
+            roots.extend(r for r in entry.roots if r not in roots)
+        if not roots:
+            raise AttestationRefused("untrusted", fmt=fmt, aaguid=canonical_aaguid(aaguid))
+        return roots
+
+    def enforce(
+        self, *, fmt: str, aaguid: str, has_trust_path: bool, backup_eligible: bool
+    ) -> Verdict:
+        """Apply the rules py_webauthn leaves to us, after it verified the attestation with the
+        roots from ``roots_for``. Returns the ``Verdict`` to store; raises ``AttestationRefused``
+        with ``reason`` ``format``, ``self_attestation``, ``untrusted``,
+        ``aaguid_not_allowed``, ``compromised`` or ``synced``."""
+        aaguid = canonical_aaguid(aaguid)
+        entry = self.metadata_entry(aaguid)
+        model_name = entry.description if entry is not None else None
+        if self.mode == "none":
+            return Verdict(aaguid=aaguid, model_name=model_name)
+        if fmt not in TRUSTED_FORMATS:
+            raise AttestationRefused("format", fmt=fmt, aaguid=aaguid)
+        if not has_trust_path:
+            raise AttestationRefused("self_attestation", fmt=fmt, aaguid=aaguid)
+        # The chain was checked by py_webauthn against roots_for's answer; refuse here too when
+        # there is none, so that a caller that skipped roots_for cannot enrol an unchecked key.
+        self.roots_for(fmt=fmt, aaguid=aaguid)
+        if self.allowlist is not None and aaguid not in self.allowlist:
+            raise AttestationRefused("aaguid_not_allowed", fmt=fmt, aaguid=aaguid)
+        if entry is not None and entry.status in COMPROMISE_STATUSES:
+            raise AttestationRefused("compromised", fmt=fmt, aaguid=aaguid, status=entry.status)
+        if backup_eligible:
+            raise AttestationRefused("synced", fmt=fmt, aaguid=aaguid)
+        return Verdict(aaguid=aaguid, model_name=model_name)
+
+    def model_name(self, aaguid: str) -> str | None:
+        """The model's description from the BLOB, or None."""
+        entry = self.metadata_entry(aaguid)
+        return entry.description if entry is not None else None
+
+    # --- key files ---------------------------------------------------------------------------
+
+    def folder_roots(self) -> tuple[bytes, ...]:
+        """Every certificate in ``keys/attestation-roots/*.pem`` (and ``*.crt``, ``*.der``), as
+        PEM. Unreadable files are logged and skipped."""
+        try:
+            files = sorted(
+                p
+                for p in self.roots_dir.iterdir()
+                if p.is_file() and p.suffix.lower() in (".pem", ".crt", ".der", ".cer")
+            )
+            key: tuple[Any, ...] = tuple(
+                (p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in files
+            )
+        except OSError:
+            return ()
+        with self._lock:
+            if key == self._folder_key:
+                return self._folder_roots
+            roots: list[bytes] = []
+            for path in files:
+                try:
+                    roots.extend(_read_certificates(path))
+                except (OSError, ValueError) as exc:
+                    log.error("attestation root %s skipped: %s", path.name, exc)
+            self._folder_key, self._folder_roots = key, tuple(roots)
+            return self._folder_roots
+
+    def metadata(self) -> Metadata | None:
+        """The verified MDS3 BLOB, or None (no file, or it failed: ``metadata_error`` says
+        why). Verified once per file version; out of date once ``nextUpdate`` passed."""
+        if self.blob_path is None:
+            return None
+        try:
+            stat = self.blob_path.stat()
+        except OSError:
+            with self._lock:
+                self._blob_key, self._metadata, self.metadata_error = None, None, None
+            return None
+        root_stat: tuple[Any, ...] = ()
+        if self.mds_root_path is not None:
+            try:
+                rs = self.mds_root_path.stat()
+                root_stat = (rs.st_mtime_ns, rs.st_size)
+            except OSError:
+                root_stat = ("missing",)
+        key = (str(self.blob_path), stat.st_mtime_ns, stat.st_size, root_stat)
+        with self._lock:
+            if key != self._blob_key:
+                self._blob_key = key
+                self._metadata, self.metadata_error = None, None
+                try:
+                    self._metadata = self._load_blob(stat.st_size)
+                except MetadataError as exc:
+                    self.metadata_error = str(exc)
+                    log.error("MDS3 BLOB %s not used: %s", self.blob_path, exc)
+            metadata = self._metadata
+        if metadata is not None and metadata.next_update < _today():
+            if self.metadata_error is None:
+                self.metadata_error = f"nextUpdate {metadata.next_update} has passed"
+                log.error("MDS3 BLOB %s not used: %s", self.blob_path, self.metadata_error)
+            return None
+        return metadata
+
+    def metadata_entry(self, aaguid: str) -> MetadataEntry | None:
+        metadata = self.metadata()
+        if metadata is None:
+            return None
+        aaguid = canonical_aaguid(aaguid)
+        if aaguid == ZERO_AAGUID:
+            return None
+        return metadata.entries.get(aaguid)
+
+    def _load_blob(self, size: int) -> Metadata:
+        assert self.blob_path is not None
+        if size > MAX_BLOB_BYTES:
+            raise MetadataError(f"the file is larger than {MAX_BLOB_BYTES} bytes")
+        if self.mds_root_path is None:
+            raise MetadataError("no MDS root certificate is configured")
+        try:
+            anchors = _read_certificates(self.mds_root_path)
+        except (OSError, ValueError) as exc:
+            raise MetadataError(
+                f"the MDS root {self.mds_root_path} cannot be read: {exc}"
+            ) from None
+        try:
+            with self.blob_path.open("rb") as handle:
+                blob = handle.read(MAX_BLOB_BYTES + 1)
+        except OSError as exc:
+            raise MetadataError(f"the file cannot be read: {exc}") from None
+        return load_metadata(blob, anchors=anchors, now=dt.datetime.now(dt.UTC))
+
+
+def load_metadata(blob: bytes, *, anchors: list[bytes], now: dt.datetime) -> Metadata:
+    """Verify an MDS3 BLOB (a JWS whose header ``x5c`` chains to one of ``anchors``, PEM) and
+    return its entries. Raises ``MetadataError``."""
+    raise MetadataError("MDS3 BLOBs are not supported yet")
+
+
+def _read_certificates(path: Path) -> list[bytes]:
+    """The certificates of a PEM (one or more) or DER file, as PEM. Raises ValueError."""
+    data = path.read_bytes()[: MAX_ROOT_FILE_BYTES + 1]
+    if len(data) > MAX_ROOT_FILE_BYTES:
+        raise ValueError("file too large")
+    if b"-----BEGIN" in data:
+        certs = x509.load_pem_x509_certificates(data)
+    else:
+        certs = [x509.load_der_x509_certificate(data)]
+    return [c.public_bytes(serialization.Encoding.PEM) for c in certs]
+
+
+def _today() -> dt.date:
+    return dt.datetime.now(dt.UTC).date()
+
+
+def build_policy(config: dict[str, Any]) -> Policy:
+    """A ``Policy`` from the settings (``app.config["IDP"]``)."""
+    keys_dir = Path(config["KEYS_DIR"])
+    blob = str(config.get("WEBAUTHN_MDS_BLOB") or "")
+    root = str(config.get("WEBAUTHN_MDS_ROOT") or "")
+    return Policy(
+        mode=resolve_mode(config),
+        roots_dir=keys_dir / ROOTS_FOLDER,
+        blob_path=keys_dir / blob if blob else None,
+        mds_root_path=keys_dir / root if root else None,
+        allowlist=parse_allowlist(str(config.get("WEBAUTHN_AAGUID_ALLOWLIST") or "")),
+    )
+
+
+def current_policy() -> Policy:
+    """The policy of the current app, built once per process from its settings."""
+    policy: Policy | None = current_app.extensions.get("idp.attestation")
+    if policy is None:
+        policy = build_policy(current_app.config["IDP"])
+        current_app.extensions["idp.attestation"] = policy
+    return policy
