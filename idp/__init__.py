@@ -55,6 +55,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     init_oauth(app)
     web.init_app(app)
     register_error_handlers(app)
+    if settings["DEMO"]:
+        from idp.demo_rp.views import bp as demo_rp_bp
+
+        app.register_blueprint(demo_rp_bp)
 
     from idp.fastpath import StaticDocuments
 

@@ -260,12 +260,13 @@ def demo(host: str, port: int, as_json: bool) -> None:
         f"company: {seed.br_number} {'(created)' if seed.company_created else '(exists)'}",
     ]
     if seed.invite_url:
-        lines.append(f"admin invitation (single use): {seed.invite_url}")
+        lines.append(f"admin invitation (single use, open it first): {seed.invite_url}")
     else:
         lines.append("admin invitation: the company already has an admin")
     lines += [
         f"demo client (public, PKCE): {seed.client_id}",
         f"demo client redirect URIs: {' '.join(seed.redirect_uris)}",
+        f"demo relying party (Login with Corp ID): {seed.demo_rp_url}",
     ]
     emit({**result, "issuer": issuer, **seed.as_dict()}, as_json, lines)
     _run_dev_server(app, host, port)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from flask import current_app
 from sqlalchemy import select
 
 from idp.clients import services as clients
@@ -21,7 +22,9 @@ DEMO_BR_NUMBER = "12345678"
 DEMO_COMPANY_NAME = "Demo Trading Limited"
 DEMO_ADMIN_EMAIL = "admin@demo-trading.example"
 DEMO_CLIENT_NAME = "Corp ID demo relying party"
-DEMO_REDIRECT_URIS = ("http://localhost:8080/callback", "http://127.0.0.1:8080/callback")
+# The demo relying party (idp.demo_rp) is served under this path of the issuer in demo mode.
+DEMO_RP_PATH = "/demo-rp"
+DEMO_SCOPE = "openid profile email corp"
 ACTOR = "operator:demo"
 
 
@@ -34,6 +37,7 @@ class DemoSeed:
     client_id: str
     client_created: bool
     redirect_uris: tuple[str, ...]
+    demo_rp_url: str
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -44,7 +48,23 @@ class DemoSeed:
             "client_id": self.client_id,
             "client_created": self.client_created,
             "redirect_uris": list(self.redirect_uris),
+            "demo_rp_url": self.demo_rp_url,
         }
+
+
+def demo_rp_urls(issuer: str | None = None) -> tuple[str, str, str]:
+    """The demo relying party's ``(home, redirect_uri, post_logout_redirect_uri)`` under
+    ``issuer`` (default: the app's)."""
+    issuer = (issuer or str(current_app.config["IDP"]["ISSUER"])).rstrip("/")
+    home = f"{issuer}{DEMO_RP_PATH}/"
+    return home, f"{issuer}{DEMO_RP_PATH}/callback", home
+
+
+def find_demo_client() -> Client | None:
+    """The demo relying party's registration (the oldest client with its name), if seeded."""
+    return db.session.scalar(
+        select(Client).where(Client.name == DEMO_CLIENT_NAME).order_by(Client.id).limit(1)
+    )
 
 
 def seed_demo() -> DemoSeed:
@@ -52,7 +72,9 @@ def seed_demo() -> DemoSeed:
 
     A fresh admin invitation is issued while the company has no admin (tokens are stored only
     hashed, so an earlier link cannot be shown again); ``invite_url`` is None once an admin has
-    enrolled. The demo client is public (PKCE, no secret), so it can be shown on every run.
+    enrolled. The demo client is public (PKCE, no secret), so it can be shown on every run; its
+    redirect URI is the demo relying party's callback under the current issuer, added to an
+    existing registration when the issuer changed (another ``--port``).
     """
     try:
         company = orgs.get_company_by_br(DEMO_BR_NUMBER)
@@ -71,17 +93,28 @@ def seed_demo() -> DemoSeed:
         )
         company_created = True
 
-    client = db.session.scalar(
-        select(Client).where(Client.name == DEMO_CLIENT_NAME).order_by(Client.id).limit(1)
-    )
+    home, redirect_uri, logout_uri = demo_rp_urls()
+    client = find_demo_client()
     client_created = client is None
     if client is None:
         client, _ = clients.create_client(
             name=DEMO_CLIENT_NAME,
-            redirect_uris=list(DEMO_REDIRECT_URIS),
+            redirect_uris=[redirect_uri],
             auth_method="none",
-            post_logout_redirect_uris=["http://localhost:8080/"],
+            post_logout_redirect_uris=[logout_uri],
             actor=ACTOR,
+        )
+    elif (
+        redirect_uri not in client.redirect_uris
+        or logout_uri not in client.post_logout_redirect_uris
+    ):
+        client = clients.update_client(
+            client.client_id,
+            actor=ACTOR,
+            redirect_uris=list(dict.fromkeys([*client.redirect_uris, redirect_uri])),
+            post_logout_redirect_uris=list(
+                dict.fromkeys([*client.post_logout_redirect_uris, logout_uri])
+            ),
         )
     return DemoSeed(
         company_id=company.id,
@@ -91,4 +124,5 @@ def seed_demo() -> DemoSeed:
         client_id=client.client_id,
         client_created=client_created,
         redirect_uris=tuple(client.redirect_uris),
+        demo_rp_url=home,
     )
