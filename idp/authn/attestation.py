@@ -22,6 +22,8 @@ Modes: ``none`` accepts any authenticator (the demo default); ``trusted`` requir
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import logging
 import threading
@@ -30,8 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509 import verification
 from flask import current_app
 
 from idp.errors import IdpError
@@ -203,6 +207,7 @@ class Policy:
         self._folder_roots: tuple[bytes, ...] = ()
         self._blob_key: tuple[Any, ...] | None = None
         self._metadata: Metadata | None = None
+        self._highest_no: int | None = None
         self.metadata_error: str | None = None
 
     # --- what the ceremony asks ------------------------------------------------------------
@@ -308,7 +313,13 @@ class Policy:
                 self._blob_key = key
                 self._metadata, self.metadata_error = None, None
                 try:
-                    self._metadata = self._load_blob(stat.st_size)
+                    loaded = self._load_blob(stat.st_size)
+                    if self._highest_no is not None and loaded.number < self._highest_no:
+                        raise MetadataError(
+                            f"serial number {loaded.number} is older than {self._highest_no},"
+                            " the BLOB this process already used"
+                        )
+                    self._metadata, self._highest_no = loaded, loaded.number
                 except MetadataError as exc:
                     self.metadata_error = str(exc)
                     log.error("MDS3 BLOB %s not used: %s", self.blob_path, exc)
@@ -351,8 +362,161 @@ class Policy:
 
 def load_metadata(blob: bytes, *, anchors: list[bytes], now: dt.datetime) -> Metadata:
     """Verify an MDS3 BLOB (a JWS whose header ``x5c`` chains to one of ``anchors``, PEM) and
-    return its entries. Raises ``MetadataError``."""
-    raise MetadataError("MDS3 BLOBs are not supported yet")
+    return its entries. Raises ``MetadataError``.
+
+    FIDO MDS3 §3.1.3: the signing certificate chain must validate (signatures, validity, basic
+    constraints, key usage) up to the MDS root, the signature must verify with the first
+    certificate's key, and ``nextUpdate`` must not have passed. CRLs are not fetched (nothing
+    here goes to the network): the operator replaces the file."""
+    if len(blob) > MAX_BLOB_BYTES:
+        raise MetadataError(f"the file is larger than {MAX_BLOB_BYTES} bytes")
+    try:
+        token = blob.decode("ascii").strip()
+        header = jwt.get_unverified_header(token)
+    except (UnicodeDecodeError, jwt.PyJWTError) as exc:
+        raise MetadataError(f"not a JWS in compact form ({_short(exc)})") from None
+    alg = header.get("alg")
+    if alg not in BLOB_ALGORITHMS:
+        raise MetadataError(f"signature algorithm {str(alg)[:20]!r} is not accepted")
+    chain = _header_chain(header.get("x5c"))
+    _verify_chain(chain, anchors=anchors, now=now)
+    try:
+        payload = jwt.decode(
+            token,
+            key=chain[0].public_key(),  # type: ignore[arg-type]
+            algorithms=[alg],
+            options={
+                "verify_signature": True,
+                "verify_exp": False,
+                "verify_nbf": False,
+                "verify_iat": False,
+                "verify_aud": False,
+                "verify_iss": False,
+            },
+        )
+    except jwt.InvalidSignatureError:
+        raise MetadataError("the signature does not verify") from None
+    except (jwt.PyJWTError, ValueError, TypeError) as exc:
+        raise MetadataError(f"the BLOB cannot be decoded ({_short(exc)})") from None
+    return _parse_payload(payload, today=now.date())
+
+
+def _header_chain(x5c: Any) -> list[x509.Certificate]:
+    if not isinstance(x5c, list) or not 1 <= len(x5c) <= 8:
+        raise MetadataError("the header has no x5c certificate chain (1 to 8 certificates)")
+    chain = []
+    for item in x5c:
+        try:
+            if not isinstance(item, str):
+                raise ValueError("not a string")
+            chain.append(x509.load_der_x509_certificate(base64.b64decode(item, validate=True)))
+        except (ValueError, binascii.Error) as exc:
+            raise MetadataError(f"an x5c certificate is malformed ({_short(exc)})") from None
+    return chain
+
+
+def _verify_chain(chain: list[x509.Certificate], *, anchors: list[bytes], now: dt.datetime) -> None:
+    try:
+        store = verification.Store([x509.load_pem_x509_certificate(a) for a in anchors])
+    except ValueError as exc:
+        raise MetadataError(f"the MDS root cannot be used ({_short(exc)})") from None
+    verifier = (
+        verification.PolicyBuilder()
+        .store(store)
+        .time(now)
+        .max_chain_depth(8)
+        # CA certificates: the Web PKI profile (basicConstraints cA, keyCertSign, ...); the
+        # signer itself is the MDS's own end-entity certificate, with no name or EKU to check.
+        .extension_policies(
+            ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(),
+            ee_policy=verification.ExtensionPolicy.permit_all(),
+        )
+        .build_client_verifier()
+    )
+    try:
+        verifier.verify(chain[0], chain[1:])
+    except verification.VerificationError as exc:
+        raise MetadataError(
+            f"the signing certificate chain does not validate up to the MDS root ({_short(exc)})"
+        ) from None
+
+
+def _parse_payload(payload: Any, *, today: dt.date) -> Metadata:
+    if not isinstance(payload, dict):
+        raise MetadataError("the payload is not a JSON object")
+    number, next_update, entries = (
+        payload.get("no"),
+        payload.get("nextUpdate"),
+        payload.get("entries"),
+    )
+    if not isinstance(number, int) or isinstance(number, bool):
+        raise MetadataError("the payload has no serial number (no)")
+    try:
+        next_date = dt.date.fromisoformat(str(next_update))
+    except ValueError:
+        raise MetadataError("the payload has no valid nextUpdate date") from None
+    if next_date < today:
+        raise MetadataError(f"nextUpdate {next_date} has passed: download a newer BLOB")
+    if not isinstance(entries, list):
+        raise MetadataError("the payload has no entries list")
+    parsed: dict[str, MetadataEntry] = {}
+    for raw in entries:
+        item = _parse_entry(raw)
+        if item is not None:
+            parsed[item.aaguid] = item
+    return Metadata(number=number, next_update=next_date, entries=parsed)
+
+
+def _parse_entry(raw: Any) -> MetadataEntry | None:
+    # Only FIDO2 entries (with an AAGUID) are of use here; UAF and U2F entries are skipped.
+    if not isinstance(raw, dict) or not isinstance(raw.get("aaguid"), str):
+        return None
+    try:
+        aaguid = str(uuid.UUID(raw["aaguid"]))
+    except ValueError:
+        return None
+    statement = raw.get("metadataStatement")
+    statement = statement if isinstance(statement, dict) else {}
+    roots: list[bytes] = []
+    for item in statement.get("attestationRootCertificates") or []:
+        try:
+            cert = x509.load_der_x509_certificate(base64.b64decode(str(item), validate=True))
+        except (ValueError, binascii.Error):
+            continue  # one unusable root does not make the model's other roots unusable
+        roots.append(cert.public_bytes(serialization.Encoding.PEM))
+    return MetadataEntry(
+        aaguid=aaguid,
+        description=_model_name(statement.get("description")),
+        roots=tuple(roots),
+        status=_latest_status(raw.get("statusReports")),
+    )
+
+
+def _latest_status(reports: Any) -> str | None:
+    """The status of the report with the latest ``effectiveDate`` (the later one in the list on
+    a tie or without dates)."""
+    if not isinstance(reports, list):
+        return None
+    latest: tuple[str, int] | None = None
+    status = None
+    for index, report in enumerate(reports):
+        if not isinstance(report, dict) or not isinstance(report.get("status"), str):
+            continue
+        order = (str(report.get("effectiveDate") or ""), index)
+        if latest is None or order >= latest:
+            latest, status = order, report["status"]
+    return status
+
+
+def _model_name(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return None
+    name = "".join(ch for ch in value if ch.isprintable()).strip()
+    return name[:MODEL_NAME_MAX] or None
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc)[:200] or type(exc).__name__
 
 
 def _read_certificates(path: Path) -> list[bytes]:
