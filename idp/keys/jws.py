@@ -24,6 +24,12 @@ HASH_FOR_ALG = {
 }
 
 
+# The ``typ`` of our ID tokens (PyJWT's default header, "JWT"), compared in lower case: it
+# tells an ID token presented back to us (id_token_hint) from an access token (at+jwt) or a
+# logout token (logout+jwt).
+ID_TOKEN_TYP = "jwt"
+
+
 class InvalidJWT(Exception):
     """The token is malformed, not signed by one of our keys, or its claims are wrong."""
 

@@ -218,6 +218,7 @@ def hint_matches(pending: PendingAuthorization, session: LoginSession) -> bool:
         claims = jws.verify(
             pending.params["id_token_hint"],
             issuer=current_app.config["IDP"]["ISSUER"],
+            typ=jws.ID_TOKEN_TYP,
             verify_exp=False,
         )
     except jws.InvalidJWT:

@@ -66,6 +66,7 @@ def check_id_token_hint(params: dict[str, Any], client: Any) -> None:
         claims = jws.verify(
             hint,
             issuer=current_app.config["IDP"]["ISSUER"],
+            typ=jws.ID_TOKEN_TYP,
             verify_exp=False,
             max_length=int(current_app.config["IDP"]["MAX_JWT_LENGTH"]),
         )

@@ -63,6 +63,10 @@ def generate_token(
         grant = db.session.get(tokens.Grant, user.grant_id)
         if grant is not None:
             token["refresh_token"] = tokens.new_refresh_token(grant)
+    if user is not None:
+        # Tokens for a person are audited (their grant is written anyway). Client-credentials
+        # tokens are stateless by design and are not written one by one (see idp.oauth.tokens).
+        tokens.audit_issue(client=client, principal=user, grant_type=grant_type, scope=scope)
     return token
 
 

@@ -132,9 +132,13 @@ class AuthorizationServer(FlaskAuthorizationServer):
                 "Use exactly one client authentication method per request "
                 f"(found {', '.join(sorted(presented))})."
             )
-        client: Client = super().authenticate_client(request, methods, endpoint)
-        if not client.is_active:
-            raise InvalidClientError(description="The client is disabled.")
+        try:
+            client: Client = super().authenticate_client(request, methods, endpoint)
+            if not client.is_active:
+                raise InvalidClientError(description="The client is disabled.")
+        except InvalidClientError as error:
+            _audit_client_auth_failure(request, presented, endpoint, error)
+            raise
         cache.hit(
             "client",
             client.client_id,
@@ -144,6 +148,30 @@ class AuthorizationServer(FlaskAuthorizationServer):
 
     def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
         return None
+
+
+def _audit_client_auth_failure(
+    request: OAuth2Request, presented: set[str], endpoint: str, error: InvalidClientError
+) -> None:
+    """Record a failed client authentication, committed on its own: the endpoint's
+    transaction is rolled back on an error response, the audit event must stay."""
+    from idp.audit.services import Origin, record
+
+    client_id = request.payload.client_id if request.payload else None
+    if not isinstance(client_id, str) or "\x00" in client_id:
+        client_id = None
+    record(
+        "oauth:client_auth:failure",
+        actor=f"client:{str(client_id)[:100]}" if client_id else "anonymous",
+        subject=f"client:{str(client_id)[:100]}" if client_id else None,
+        origin=Origin(flask_request.remote_addr, flask_request.headers.get("User-Agent")),
+        details={
+            "endpoint": endpoint,
+            "methods": sorted(presented) or ["none"],
+            "reason": error.get_error_description() or "invalid_client",
+        },
+    )
+    db.session.commit()
 
 
 def _check_basic_header(request: OAuth2Request) -> None:

@@ -155,6 +155,17 @@ def principal_for_grant(grant: Grant) -> Principal | None:
     )
 
 
+def audit_issue(*, client: Client, principal: Principal, grant_type: str, scope: str | None) -> None:
+    """Record tokens issued to ``client`` for a person (in the caller's transaction)."""
+    record(
+        "oauth:token:issue",
+        actor=f"client:{client.client_id}",
+        subject=f"person:{principal.person.subject}",
+        company_id=principal.company.id,
+        details={"grant_type": grant_type, "gid": principal.gid, "scope": scope or ""},
+    )
+
+
 # --- refresh tokens ---------------------------------------------------------------------------
 
 

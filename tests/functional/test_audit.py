@@ -73,9 +73,6 @@ def test_security_events_are_audited(ctx: Live, signed_in: SignedIn,
     assert tokens  # the first family existed before its code came back
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "GAP: no audit event when tokens are issued (STYLE.md names 'oauth:token:issue') nor "
-    "when client authentication fails; SECURITY.md asks for every security-relevant action"))
 def test_token_issuance_and_failed_client_auth_are_audited(
         ctx: Live, signed_in: SignedIn, make_client: Callable[..., RP],
         get_code: Callable[..., CodeResult]) -> None:

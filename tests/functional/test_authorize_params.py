@@ -274,13 +274,7 @@ def _foreign_rsa_token(live: Live, rp: RP, kid: str) -> str:
 
 @pytest.mark.parametrize("hint", ["garbage", "a.b.c", "eyJhbGciOiJub25lIn0.e30.",
                                   "foreign-key", "other-client",
-                                  pytest.param("access-token", marks=pytest.mark.xfail(
-                                      strict=True, reason=(
-                                          "BUG (minor): checks.check_id_token_hint and "
-                                          "authorize.hint_matches call jws.verify without "
-                                          "typ, so any JWT we signed for this client - an "
-                                          "RFC 9068 access token (typ at+jwt) - passes as "
-                                          "an ID token hint")))])
+                                  "access-token"])
 def test_invalid_id_token_hint_is_invalid_request(live: Live, signed_in: SignedIn,
                                                   make_client: Callable[..., RP],
                                                   get_code: Callable[..., CodeResult],
