@@ -27,7 +27,7 @@ HASH_FOR_ALG = {
 # The ``typ`` of our ID tokens (PyJWT's default header, "JWT"), compared in lower case: it
 # tells an ID token presented back to us (id_token_hint) from an access token (at+jwt) or a
 # logout token (logout+jwt).
-ID_TOKEN_TYP = "jwt"
+ID_TOKEN_TYP = "jwt"  # noqa: S105 - a media type
 
 
 class InvalidJWT(Exception):

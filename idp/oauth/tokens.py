@@ -155,7 +155,9 @@ def principal_for_grant(grant: Grant) -> Principal | None:
     )
 
 
-def audit_issue(*, client: Client, principal: Principal, grant_type: str, scope: str | None) -> None:
+def audit_issue(
+    *, client: Client, principal: Principal, grant_type: str, scope: str | None
+) -> None:
     """Record tokens issued to ``client`` for a person (in the caller's transaction)."""
     record(
         "oauth:token:issue",
