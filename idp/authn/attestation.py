@@ -36,7 +36,7 @@ import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import verification
-from flask import current_app
+from flask import current_app, has_request_context
 
 from idp.errors import IdpError
 
@@ -70,32 +70,32 @@ REASONS: dict[str, tuple[str, str]] = {
     "format": (
         "This kind of security key cannot prove which model it is. Use a hardware security key "
         "approved by your organisation.",
-        "此類保安密鑰無法證明其型號。請使用貴機構核准的硬件保安密鑰。",
+        "此類保安鑰匙無法證明其型號。請使用貴機構核准的硬件保安鑰匙。",
     ),
     "self_attestation": (
         "This security key did not present a manufacturer certificate. Use a hardware security "
         "key approved by your organisation.",
-        "此保安密鑰未有提供製造商證書。請使用貴機構核准的硬件保安密鑰。",
+        "此保安鑰匙未有提供製造商證書。請使用貴機構核准的硬件保安鑰匙。",
     ),
     "untrusted": (
         "This security key model is not on the list of trusted models. Use a hardware security "
         "key approved by your organisation.",
-        "此保安密鑰型號不在信任名單上。請使用貴機構核准的硬件保安密鑰。",
+        "此保安鑰匙型號不在信任名單上。請使用貴機構核准的硬件保安鑰匙。",
     ),
     "aaguid_not_allowed": (
         "This security key model is not allowed here. Use a hardware security key approved by "
         "your organisation.",
-        "此處不接受此保安密鑰型號。請使用貴機構核准的硬件保安密鑰。",
+        "此處不接受此保安鑰匙型號。請使用貴機構核准的硬件保安鑰匙。",
     ),
     "compromised": (
         "This security key model has a known security problem and cannot be used. Use another "
         "security key.",
-        "此保安密鑰型號有已知的保安問題而不能使用。請使用另一把保安密鑰。",
+        "此保安鑰匙型號有已知的保安問題而不能使用。請使用另一把保安鑰匙。",
     ),
     "synced": (
         "This is a synced passkey (copied between devices). Corp ID needs a hardware security "
         "key whose key never leaves it.",
-        "這是會在裝置之間同步的通行密鑰。Corp ID 需要密鑰不會離開裝置的硬件保安密鑰。",
+        "這是會在裝置之間同步的通行密鑰。Corp ID 需要密鑰不會離開裝置的硬件保安鑰匙。",
     ),
 }
 
@@ -107,9 +107,14 @@ class AttestationRefused(IdpError):
     code = "attestation_refused"
 
     def __init__(self, reason: str, message: str = "", **details: Any) -> None:
-        english = REASONS.get(reason, REASONS["untrusted"])[0]
-        super().__init__(message or english, reason=reason, **details)
         self.reason = reason
+        # Raised while serving a page's request: in that page's language.
+        locale = "en"
+        if has_request_context():
+            from idp.web import current_locale
+
+            locale = current_locale()
+        super().__init__(message or self.text(locale), reason=reason, **details)
 
     def text(self, locale: str) -> str:
         """The message for a person, in ``locale`` (``zh-Hant*`` or English)."""

@@ -53,6 +53,12 @@ class Issued:
     chain: list[x509.Certificate] = field(default_factory=list)
 
     @property
+    def leaf_key(self) -> Any:
+        """The private key, under the name ``SoftAuthenticator.create(attestation_ca=...)``
+        uses: an attestation ``Issued`` stands in for its ``AttestationCA``."""
+        return self.key
+
+    @property
     def pem(self) -> bytes:
         return self.cert.public_bytes(serialization.Encoding.PEM)
 

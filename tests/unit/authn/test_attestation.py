@@ -681,3 +681,13 @@ def test_policy_from_the_app_reads_keys_dir(
         assert attestation.current_policy().roots_for(fmt="packed", aaguid=AAGUID) == [
             vendor_root.pem
         ]
+
+
+def test_refusal_speaks_the_page_language(make_app: Callable[..., Flask]) -> None:
+    app = make_app()
+    with app.test_request_context("/", headers={"Accept-Language": "zh-HK,zh;q=0.9"}):
+        error = AttestationRefused("synced")
+        assert error.message == attestation.REASONS["synced"][1]
+    with app.test_request_context("/", headers={"Accept-Language": "en-GB"}):
+        assert AttestationRefused("synced").message == attestation.REASONS["synced"][0]
+    assert AttestationRefused("unheard-of").message == attestation.REASONS["untrusted"][0]
