@@ -595,3 +595,32 @@ def keys_retire(kid: str, as_json: bool) -> None:
         "retired_at": key.retired_at.isoformat() if key.retired_at else None,
     }
     emit(data, as_json, [f"retired {key.kid}; published until its tokens have expired"])
+
+
+# --- logout -----------------------------------------------------------------------------------
+
+
+@cli.group(cls=IdpGroup)
+def logout() -> None:
+    """Back-channel logout notices to relying parties."""
+
+
+@logout.command("deliver")
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=500, show_default=True, help="At most this many."
+)
+@json_option
+@with_app
+def logout_deliver(limit: int, as_json: bool) -> None:
+    """Send the back-channel logouts that are due (first tries that did not happen, retries).
+
+    Run it from cron every minute; several machines may run it at once."""
+    from idp.oauth import backchannel
+
+    attempts = backchannel.deliver_due(limit=limit)
+    rows = [{"client_id": a.client_id, "outcome": a.outcome, "error": a.error} for a in attempts]
+    lines = [
+        f"{r['client_id']}: {r['outcome']}" + (f" ({r['error']})" if r["error"] else "")
+        for r in rows
+    ]
+    emit(rows, as_json, lines or ["nothing due"])

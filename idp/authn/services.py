@@ -16,7 +16,7 @@ from idp.audit.services import Origin, record
 from idp.authn.models import LoginSession
 from idp.db import new_public_id, utcnow
 from idp.extensions import db
-from idp.oauth import tokens
+from idp.oauth import backchannel, tokens
 from idp.orgs.models import Person
 from idp.security import SESSION_PREFIX, digest, new_secret
 
@@ -97,6 +97,8 @@ def end_session(
         .values(ended_at=utcnow())
     )
     tokens.revoke_grants(reason=reason, actor=actor, session_id=session.id)
+    # Back-Channel Logout: owed to the session's clients, sent after this commit.
+    backchannel.queue_for_session(session)
     record(
         "authn:session:end",
         actor=actor,

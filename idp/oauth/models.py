@@ -7,7 +7,7 @@ import datetime as dt
 from typing import Any
 
 from authlib.oidc.core import AuthorizationCodeMixin
-from sqlalchemy import JSON, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from idp.db import Base, utcnow
@@ -151,3 +151,29 @@ class PendingAuthorization(Base):
     company_id: Mapped[int | None] = mapped_column(ForeignKey("companies.id", ondelete="CASCADE"))
     consented_at: Mapped[dt.datetime | None]
     completed_at: Mapped[dt.datetime | None]
+
+
+class BackchannelDelivery(Base):
+    """A back-channel logout notice owed to one client for one ended session.
+
+    Committed with the logout, then sent off the request and retried with backoff
+    (``idp.oauth.backchannel``). The logout token itself is not stored: it is short-lived, so
+    each attempt signs a fresh one from ``sub`` and ``sid``. ``next_attempt_at`` doubles as a
+    lease: a worker claims a due record by moving it forward (compare-and-set), so two workers
+    never send the same attempt. None once delivered or given up."""
+
+    __tablename__ = "backchannel_deliveries"
+    __table_args__ = (UniqueConstraint("client_id", "sid"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    client_id: Mapped[int] = mapped_column(ForeignKey("clients.id", ondelete="CASCADE"), index=True)
+    # The ended session's public sid and the subject this client knows the person by.
+    sid: Mapped[str] = mapped_column(String(64))
+    sub: Mapped[str] = mapped_column(String(255))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[dt.datetime | None]
+    gave_up_at: Mapped[dt.datetime | None]
+    # Why the last attempt failed (status code or error class; never the token).
+    last_error: Mapped[str | None] = mapped_column(String(200))

@@ -19,9 +19,10 @@ from flask import (
 
 from idp import cache
 from idp.audit.services import Origin
-from idp.authn.views import current_login_session
+from idp.authn.views import current_login_session, session_cookie_name
 from idp.errors import api_view, json_error, page_error
 from idp.oauth import authorize as flow
+from idp.oauth import logout
 from idp.oauth.endpoints import userinfo_claims
 from idp.web import csrf, use_ui_locales
 
@@ -245,4 +246,83 @@ def userinfo() -> Response:
     response = Response(json.dumps(claims), mimetype="application/json")
     response.headers["Cache-Control"] = "no-store"
     response.headers["Pragma"] = "no-cache"
+    return response
+
+
+# --- RP-initiated logout (end_session_endpoint) -----------------------------------------------
+
+LOGOUT_SESSION_KEY = "logout"
+
+
+@bp.route("/logout", methods=["GET", "POST"])
+@csrf.exempt
+def end_session() -> Response:
+    """RP-Initiated Logout 1.0 §2: GET with a query, or POST with a form.
+
+    A POST from the relying party's page is cross-site, so the browser sends no (SameSite)
+    session cookie with it: the checked request is kept and decided on the GET that follows."""
+    if request.method == "POST" and request.mimetype != "application/x-www-form-urlencoded":
+        return page_error(400, "Invalid request", "Send the logout request as a form.")
+    source = request.args if request.method == "GET" else request.form
+    try:
+        checked = logout.parse_request({k: source.getlist(k) for k in source})
+    except logout.LogoutError as exc:
+        return page_error(exc.status, "Invalid request", exc.description)
+    if request.method == "POST":
+        session[LOGOUT_SESSION_KEY] = checked.as_dict()
+        return redirect(url_for("oauth.end_session_continue"), 303)  # type: ignore[return-value]
+    return _logout_outcome(checked)
+
+
+@bp.get("/logout/continue")
+def end_session_continue() -> Response:
+    checked = logout.recheck(logout.LogoutRequest.from_dict(session.get(LOGOUT_SESSION_KEY)))
+    return _logout_outcome(checked)
+
+
+@bp.post("/logout/confirm")
+def end_session_confirm() -> Response:
+    checked = logout.recheck(logout.LogoutRequest.from_dict(session.pop(LOGOUT_SESSION_KEY, None)))
+    if request.form.get("decision") == "stay":
+        target = logout.redirect_target(checked)
+        return redirect(target or url_for("oauth.logged_out", stayed=1), 303)  # type: ignore[return-value]
+    done = logout.log_out(checked, current_login_session(), confirmed=True, origin=_origin())
+    response = redirect(done.redirect_to or url_for("oauth.logged_out"), 303)
+    return _forget_login(response)  # type: ignore[arg-type]
+
+
+@bp.get("/logout/done")
+def logged_out() -> Response:
+    html = render_template("oauth/logged_out.html", stayed=request.args.get("stayed") == "1")
+    response = Response(html, mimetype="text/html")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _logout_outcome(checked: logout.LogoutRequest) -> Response:
+    use_ui_locales(checked.ui_locales)
+    outcome = logout.decide(checked, current_login_session(), origin=_origin())
+    if isinstance(outcome, logout.Confirm):
+        session[LOGOUT_SESSION_KEY] = checked.as_dict()
+        html = render_template("oauth/logout_confirm.html", client=outcome.client)
+        response = Response(html, mimetype="text/html")
+    else:
+        session.pop(LOGOUT_SESSION_KEY, None)
+        if outcome.redirect_to:
+            response = redirect(outcome.redirect_to, 303)  # type: ignore[assignment]
+        else:
+            html = render_template("oauth/logged_out.html", stayed=False)
+            response = Response(html, mimetype="text/html")
+        _forget_login(response)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _forget_login(response: Response) -> Response:
+    """Drop the sign-in cookie and this browser's pending authorizations."""
+    https = str(current_app.config["IDP"]["ISSUER"]).startswith("https://")
+    response.delete_cookie(
+        session_cookie_name(), path="/", secure=https, httponly=True, samesite="Lax"
+    )
+    session.pop(PENDING_SESSION_KEY, None)
     return response

@@ -158,11 +158,6 @@ def test_unsupported_request_objects_are_refused_as_advertised(
         assert cb.params["iss"] == live.issuer
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: discovery advertises end_session_endpoint (/logout), backchannel_logout_supported "
-    "and backchannel_logout_session_supported, but no /logout route exists (404) and no "
-    "back-channel logout is sent; idp/oauth/discovery.py should advertise them only once "
-    "RP-Initiated and Back-Channel Logout are built"))
 def test_advertised_end_session_endpoint_answers(live: Live) -> None:
     doc = live.discovery()
     response = requests.get(doc["end_session_endpoint"], allow_redirects=False, timeout=10)
