@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from sqlalchemy import JSON, ForeignKey, Integer, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -58,3 +59,24 @@ class LoginSession(Base):
     ended_at: Mapped[dt.datetime | None]
 
     person: Mapped[Person] = relationship()
+
+
+class WebAuthnChallenge(Base):
+    """A challenge handed to a browser for one ceremony; only its digest is stored.
+
+    Single-use (``used_at`` set by one conditional UPDATE), bound to the browser that asked
+    (``binding_hash``: digest of a secret in that browser's Flask session plus the pending
+    authorization or invitation) and to the ceremony (``register``/``login``), expiring in
+    minutes. ``data`` keeps what the verify step needs and the browser must not choose.
+    """
+
+    __tablename__ = "webauthn_challenges"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    challenge_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    ceremony: Mapped[str] = mapped_column(String(16))
+    binding_hash: Mapped[str] = mapped_column(String(64))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+    used_at: Mapped[dt.datetime | None]

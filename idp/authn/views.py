@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, render_template, request
+from typing import Any
 
+from flask import Blueprint, Response, current_app, json, render_template, request, session, url_for
+
+from idp import cache
+from idp.audit.services import Origin
+from idp.authn import ceremonies
 from idp.authn.models import LoginSession
 from idp.authn.services import find_session
+from idp.errors import IdpError, ValidationError, api_view, page_error
+from idp.orgs import services as orgs
+from idp.orgs.models import Person
 
 bp = Blueprint("authn", __name__)
+
+# Flask-session key of this browser's WebAuthn binding secret (see ceremonies: challenges).
+BINDING_KEY = "webauthn"
 
 
 def session_cookie_name() -> str:
@@ -35,10 +46,168 @@ def set_session_cookie(response: Response, secret: str) -> None:
     )
 
 
-@bp.get("/login")
-def login() -> Response:
-    """The hardware-key sign-in page for a pending authorization."""
-    html = render_template("authn/login.html", handle=request.args.get("h", ""))
-    response = Response(html, mimetype="text/html")
+def _page(template: str, status: int = 200, **context: Any) -> Response:
+    response = Response(render_template(template, **context), status=status, mimetype="text/html")
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def _json(body: dict[str, Any], status: int = 200) -> Response:
+    response = Response(json.dumps(body), status=status, mimetype="application/json")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _origin() -> Origin:
+    return Origin(request.remote_addr, request.headers.get("User-Agent"))
+
+
+def _binding() -> str:
+    """This browser's binding secret (created on first use, kept in the signed session)."""
+    value = session.get(BINDING_KEY)
+    if not isinstance(value, str) or len(value) < 32:
+        value = ceremonies.new_binding()
+        session[BINDING_KEY] = value
+    return value
+
+
+def _body() -> dict[str, Any]:
+    """The JSON object of an API request. Raises ``ValidationError``."""
+    if request.mimetype != "application/json":
+        raise ValidationError("Send the request as application/json.")
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ValidationError("The request body is not a JSON object.")
+    return body
+
+
+def _pending_handle(handle: object) -> str:
+    """A pending authorization this browser started and that is still live."""
+    from idp.oauth import authorize as flow
+    from idp.oauth.views import PENDING_SESSION_KEY
+
+    if not isinstance(handle, str) or handle not in session.get(PENDING_SESSION_KEY, []):
+        raise ValidationError(
+            "This sign-in request belongs to another browser window or has expired. "
+            "Start again from the site you came from."
+        )
+    try:
+        flow.find_pending(handle)
+    except flow.AuthorizationPageError as exc:
+        raise ValidationError(exc.description) from None
+    return handle
+
+
+def _limit_enrolment() -> None:
+    cache.hit(
+        "enrol-source",
+        request.remote_addr or "-",
+        limit=int(current_app.config["IDP"]["ENROL_RATE_LIMIT_SOURCE_PER_MINUTE"]),
+    )
+
+
+# --- sign-in ----------------------------------------------------------------------------------
+
+
+@bp.get("/login")
+def login() -> Response:
+    """The hardware-key sign-in page for a pending authorization (from ``/authorize``)."""
+    try:
+        handle = _pending_handle(request.args.get("h"))
+    except ValidationError as exc:
+        return page_error(400, "Invalid request", exc.message)
+    _binding()
+    return _page("authn/login.html", handle=handle)
+
+
+@bp.post("/login/options")
+@api_view
+def login_options() -> Response:
+    """PublicKeyCredentialRequestOptions for the pending authorization ``h``."""
+    from idp.oauth import authorize as flow
+
+    handle = _pending_handle(_body().get("h"))
+    pending = flow.find_pending(handle)
+    hint = pending.params.get("login_hint")
+    options = ceremonies.begin_login(
+        binding=_binding(),
+        scope=f"authz:{handle}",
+        login_hint=hint if isinstance(hint, str) else None,
+    )
+    return _json({"publicKey": options})
+
+
+@bp.post("/login/verify")
+@api_view
+def login_verify() -> Response:
+    """Verify the assertion; on success renew the session cookie and continue the authorization."""
+    body = _body()
+    handle = _pending_handle(body.get("h"))
+    done = ceremonies.finish_login(
+        credential=body.get("credential"),
+        binding=_binding(),
+        scope=f"authz:{handle}",
+        origin=_origin(),
+    )
+    response = _json({"next": url_for("oauth.authorize_continue", h=handle)})
+    set_session_cookie(response, done.secret)
+    return response
+
+
+# --- enrolment --------------------------------------------------------------------------------
+
+
+def _signed_in_person() -> Person | None:
+    live = current_login_session()
+    if live is None:
+        return None
+    return live.person if live.person.is_active else None
+
+
+@bp.get("/enrol/<token>")
+def enrol(token: str) -> Response:
+    """The enrolment page of an invitation: who invited whom for which company."""
+    try:
+        invitation = orgs.find_valid_invitation(token)
+    except IdpError as exc:
+        return page_error(exc.status, "Invitation not valid", exc.message)
+    _binding()
+    return _page("authn/enrol.html", invitation=invitation, token=token, person=_signed_in_person())
+
+
+@bp.post("/enrol/<token>/options")
+@api_view
+def enrol_options(token: str) -> Response:
+    """PublicKeyCredentialCreationOptions for the invitation."""
+    _limit_enrolment()
+    body = _body()
+    options = ceremonies.begin_enrolment(
+        token=token,
+        binding=_binding(),
+        person=_signed_in_person(),
+        display_name=body.get("display_name"),
+        key_name=body.get("key_name"),
+    )
+    return _json({"publicKey": options})
+
+
+@bp.post("/enrol/<token>/verify")
+@api_view
+def enrol_verify(token: str) -> Response:
+    """Verify the new key, create the person and membership, sign them in."""
+    _limit_enrolment()
+    body = _body()
+    done = ceremonies.finish_enrolment(
+        token=token, credential=body.get("credential"), binding=_binding(), origin=_origin()
+    )
+    response = _json({"next": url_for("authn.enrolled")})
+    set_session_cookie(response, done.secret)
+    return response
+
+
+@bp.get("/enrolled")
+def enrolled() -> Response:
+    """After enrolment: the person's keys and what to do next."""
+    live = current_login_session()
+    keys = ceremonies.keys_of(live.person_id) if live is not None else []
+    return _page("authn/enrolled.html", person=live.person if live else None, keys=keys)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-01 19:27:48.350505
+Create Date: 2026-12-01 19:28:18.598702
 """
 
 from collections.abc import Sequence
@@ -120,24 +120,20 @@ def upgrade() -> None:
     with op.batch_alter_table('signing_keys', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_signing_keys_alg'), ['alg'], unique=False)
 
-    op.create_table('backchannel_deliveries',
+    op.create_table('webauthn_challenges',
     sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('client_id', sa.Integer(), nullable=False),
-    sa.Column('sid', sa.String(length=64), nullable=False),
-    sa.Column('sub', sa.String(length=255), nullable=False),
-    sa.Column('attempts', sa.Integer(), nullable=False),
-    sa.Column('next_attempt_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('challenge_hash', sa.String(length=64), nullable=False),
+    sa.Column('ceremony', sa.String(length=16), nullable=False),
+    sa.Column('binding_hash', sa.String(length=64), nullable=False),
+    sa.Column('data', sa.JSON(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('delivered_at', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('gave_up_at', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('last_error', sa.String(length=200), nullable=True),
-    sa.ForeignKeyConstraint(['client_id'], ['clients.id'], name=op.f('fk_backchannel_deliveries_client_id_clients'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_backchannel_deliveries')),
-    sa.UniqueConstraint('client_id', 'sid', name=op.f('uq_backchannel_deliveries_client_id_sid'))
+    sa.Column('expires_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('used_at', sa.DateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_webauthn_challenges')),
+    sa.UniqueConstraint('challenge_hash', name=op.f('uq_webauthn_challenges_challenge_hash'))
     )
-    with op.batch_alter_table('backchannel_deliveries', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_backchannel_deliveries_client_id'), ['client_id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_backchannel_deliveries_next_attempt_at'), ['next_attempt_at'], unique=False)
+    with op.batch_alter_table('webauthn_challenges', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_webauthn_challenges_expires_at'), ['expires_at'], unique=False)
 
     op.create_table('consents',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -385,11 +381,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_consents_client_id'))
 
     op.drop_table('consents')
-    with op.batch_alter_table('backchannel_deliveries', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_backchannel_deliveries_next_attempt_at'))
-        batch_op.drop_index(batch_op.f('ix_backchannel_deliveries_client_id'))
+    with op.batch_alter_table('webauthn_challenges', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_webauthn_challenges_expires_at'))
 
-    op.drop_table('backchannel_deliveries')
+    op.drop_table('webauthn_challenges')
     with op.batch_alter_table('signing_keys', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_signing_keys_alg'))
 

@@ -136,7 +136,8 @@ def live_server(tmp_path_factory: pytest.TempPathFactory, live_database: str,
     issuer = f"http://127.0.0.1:{server.server_port}"
     app = create_app({"ISSUER": issuer, "DATABASE_URL": live_database,
                       "KEYS_DIR": str(folder / "keys"), "SECRET_KEY": SECRET_KEY,
-                      "REDIS_URL": redis_url or "", "LOG_LEVEL": "WARNING"})
+                      "REDIS_URL": redis_url or "", "LOG_LEVEL": "WARNING",
+                      "WEBAUTHN_ATTESTATION": "none"})
     app.config["TESTING"] = True
     with app.app_context():
         schema.upgrade()
@@ -684,3 +685,94 @@ def userinfo(live: Live, access_token: str, method: str = "GET") -> requests.Res
     """Call userinfo with the token as a Bearer header (RFC 6750 §2.1)."""
     return requests.request(method, live.url("/userinfo"), timeout=10,
                             headers={"Authorization": f"Bearer {access_token}"})
+
+
+# --- hardware-key sign-in through the real WebAuthn ceremonies ---------------------------------
+
+@dataclass
+class KeyHolder:
+    """A person enrolled through an invitation link with a software security key."""
+
+    person: PersonInfo
+    authenticator: Any  # tests.support.authenticator.SoftAuthenticator
+    browser: Browser
+
+
+@pytest.fixture
+def invite(ctx: Live) -> Callable[..., str]:
+    """Create an invitation: ``invite(company=None, email=..., roles=[...])`` -> link URL (a new
+    company "Acme Trading Limited" unless ``company`` (a BR number) is given)."""
+    from idp.orgs import services as orgs
+
+    def factory(*, company: str | None = None, email: str = "tai.man@acme.example",
+                roles: list[str] | None = None, ttl: int | None = None) -> str:
+        if company is None:
+            br = str(next(_br_counter))
+            row = orgs.create_company(br_number=br, name_en="Acme Trading Limited",
+                                      name_zh="頂尖貿易有限公司", actor="tests")
+        else:
+            row = orgs.get_company_by_br(company)
+        _, token = orgs.create_invitation(company=row, email=email,
+                                          roles=roles or ["admin", "signatory"],
+                                          invited_by="operator:tests", ttl=ttl)
+        return orgs.invite_url(token)
+
+    return factory
+
+
+@pytest.fixture
+def soft_key(live: Live) -> Callable[..., Any]:
+    """A software security key for the live server's origin: ``soft_key(alg=-7)``."""
+    from tests.support.authenticator import SoftAuthenticator
+
+    def factory(**kwargs: Any) -> SoftAuthenticator:
+        return SoftAuthenticator(origin=live.issuer, **kwargs)
+
+    return factory
+
+
+@pytest.fixture
+def enrolled(ctx: Live, invite: Callable[..., str], soft_key: Callable[..., Any],
+             browser: Callable[[], Browser]) -> Callable[..., KeyHolder]:
+    """Enrol a person through the REAL ceremony (invitation link, options, software key,
+    verify) in a fresh browser; the browser ends signed in."""
+    from sqlalchemy import select
+
+    from idp.orgs.models import Membership, Person
+    from tests.support import ceremony
+
+    def factory(*, name: str = "Chan Tai Man", email: str = "tai.man@acme.example",
+                roles: list[str] | None = None, authenticator: Any = None,
+                **create_kwargs: Any) -> KeyHolder:
+        link = invite(email=email, roles=roles)
+        key = authenticator or soft_key()
+        b = browser()
+        page = b.go(link)
+        assert page.status_code == 200, page.text[:300]
+        answer = ceremony.enrol(b.http, page, key, display_name=name, **create_kwargs)
+        assert answer.status_code == 200, answer.text[:300]
+        db.session.rollback()
+        row = db.session.scalars(
+            select(Person).where(Person.email == email).order_by(Person.id.desc())).first()
+        assert row is not None
+        orgs = [Org(m.company.br_number, m.company.name_en, m.company.name_zh, list(m.roles),
+                    m.company_id)
+                for m in db.session.scalars(select(Membership)
+                                            .where(Membership.person_id == row.id))]
+        info = PersonInfo(row.id, row.subject, row.email, row.display_name, orgs)
+        return KeyHolder(info, key, b)
+
+    return factory
+
+
+def key_sign_in(b: Browser, url: str, authenticator: Any, **get_kwargs: Any
+                ) -> requests.Response:
+    """Start an authorization at ``url``, sign in on the login page with ``authenticator``
+    through the real ceremony, and follow on (company, consent pages are returned as is)."""
+    from tests.support import ceremony
+
+    page = b.go(url)
+    assert page.status_code == 200 and "/login" in page.url, (page.status_code, page.url)
+    answer = ceremony.login(b.http, page, authenticator, **get_kwargs)
+    assert answer.status_code == 200, answer.text[:300]
+    return b.go(urljoin(page.url, answer.json()["next"]))

@@ -1,0 +1,159 @@
+/* Corp ID: the WebAuthn ceremony script for the sign-in and enrolment pages.
+ *
+ * No inline script (CSP): the page describes the ceremony with data-* attributes on
+ * #webauthn: data-mode ("login" or "enrol"), data-options, data-verify (URLs), data-csrf,
+ * data-handle (sign-in: the pending authorization). Messages live in the page, in its
+ * language, as elements with data-message="..." (hidden until needed).
+ */
+(function () {
+  "use strict";
+
+  function b64urlToBytes(value) {
+    var text = value.replace(/-/g, "+").replace(/_/g, "/");
+    while (text.length % 4) { text += "="; }
+    var raw = atob(text);
+    var out = new Uint8Array(raw.length);
+    for (var i = 0; i < raw.length; i++) { out[i] = raw.charCodeAt(i); }
+    return out.buffer;
+  }
+
+  function bytesToB64url(buffer) {
+    var bytes = new Uint8Array(buffer);
+    var raw = "";
+    for (var i = 0; i < bytes.length; i++) { raw += String.fromCharCode(bytes[i]); }
+    return btoa(raw).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  }
+
+  function creationOptions(json) {
+    if (window.PublicKeyCredential && PublicKeyCredential.parseCreationOptionsFromJSON) {
+      return PublicKeyCredential.parseCreationOptionsFromJSON(json);
+    }
+    var o = Object.assign({}, json);
+    o.challenge = b64urlToBytes(json.challenge);
+    o.user = Object.assign({}, json.user, { id: b64urlToBytes(json.user.id) });
+    o.excludeCredentials = (json.excludeCredentials || []).map(function (c) {
+      return Object.assign({}, c, { id: b64urlToBytes(c.id) });
+    });
+    return o;
+  }
+
+  function requestOptions(json) {
+    if (window.PublicKeyCredential && PublicKeyCredential.parseRequestOptionsFromJSON) {
+      return PublicKeyCredential.parseRequestOptionsFromJSON(json);
+    }
+    var o = Object.assign({}, json);
+    o.challenge = b64urlToBytes(json.challenge);
+    o.allowCredentials = (json.allowCredentials || []).map(function (c) {
+      return Object.assign({}, c, { id: b64urlToBytes(c.id) });
+    });
+    return o;
+  }
+
+  function credentialJSON(cred) {
+    if (typeof cred.toJSON === "function") { return cred.toJSON(); }
+    var r = cred.response;
+    var out = {
+      id: cred.id, rawId: bytesToB64url(cred.rawId), type: cred.type,
+      authenticatorAttachment: cred.authenticatorAttachment || null,
+      clientExtensionResults: cred.getClientExtensionResults ? cred.getClientExtensionResults() : {},
+      response: { clientDataJSON: bytesToB64url(r.clientDataJSON) }
+    };
+    if (r.attestationObject) {
+      out.response.attestationObject = bytesToB64url(r.attestationObject);
+      out.response.transports = r.getTransports ? r.getTransports() : [];
+    } else {
+      out.response.authenticatorData = bytesToB64url(r.authenticatorData);
+      out.response.signature = bytesToB64url(r.signature);
+      out.response.userHandle = r.userHandle ? bytesToB64url(r.userHandle) : null;
+    }
+    return out;
+  }
+
+  var root = document.getElementById("webauthn");
+  if (!root) { return; }
+  var status = document.getElementById("webauthn-status");
+  var button = document.getElementById("webauthn-start");
+  var form = document.getElementById("webauthn-form");
+
+  function say(kind, detail) {
+    var template = root.querySelector('[data-message="' + kind + '"]') ||
+      root.querySelector('[data-message="failed"]');
+    status.textContent = template ? template.textContent : kind;
+    if (detail) {
+      var extra = document.createElement("span");
+      extra.className = "detail";
+      extra.textContent = " " + detail;
+      status.appendChild(extra);
+    }
+    status.hidden = false;
+  }
+
+  function post(url, body) {
+    return fetch(url, {
+      method: "POST", credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-CSRFToken": root.dataset.csrf },
+      body: JSON.stringify(body)
+    }).then(function (response) {
+      return response.json().catch(function () { return {}; }).then(function (data) {
+        if (!response.ok) {
+          var error = new Error(data.error_description || ("HTTP " + response.status));
+          error.server = true;
+          error.status = response.status;
+          throw error;
+        }
+        return data;
+      });
+    });
+  }
+
+  function fields() {
+    var body = {};
+    if (root.dataset.handle) { body.h = root.dataset.handle; }
+    if (form) {
+      Array.prototype.forEach.call(form.querySelectorAll("input[name]"), function (input) {
+        if (input.name !== "csrf_token") { body[input.name] = input.value; }
+      });
+    }
+    return body;
+  }
+
+  function run(event) {
+    if (event) { event.preventDefault(); }
+    if (!window.PublicKeyCredential || !navigator.credentials) {
+      say("unsupported");
+      return;
+    }
+    var enrol = root.dataset.mode === "enrol";
+    var body = fields();
+    button.disabled = true;
+    say("waiting");
+    post(root.dataset.options, body).then(function (options) {
+      var publicKey = enrol ? creationOptions(options.publicKey) : requestOptions(options.publicKey);
+      return enrol ? navigator.credentials.create({ publicKey: publicKey })
+                   : navigator.credentials.get({ publicKey: publicKey });
+    }).then(function (credential) {
+      if (!credential) { throw Object.assign(new Error("no credential"), { name: "NotAllowedError" }); }
+      body.credential = credentialJSON(credential);
+      say("checking");
+      return post(root.dataset.verify, body);
+    }).then(function (result) {
+      say("done");
+      window.location.assign(result.next);
+    }).catch(function (error) {
+      button.disabled = false;
+      if (error.server) {
+        say(error.status === 429 ? "slow-down" : "refused", error.message);
+      } else if (error.name === "NotAllowedError") {
+        say("cancelled");
+      } else if (error.name === "InvalidStateError") {
+        say("already-registered");
+      } else if (error.name === "SecurityError") {
+        say("wrong-site");
+      } else {
+        say("failed", error.message);
+      }
+    });
+  }
+
+  (form || button).addEventListener(form ? "submit" : "click", run);
+})();

@@ -1,0 +1,1 @@
+"""Test helpers shared by unit and functional tests (a software WebAuthn authenticator)."""
