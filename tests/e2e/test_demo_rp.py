@@ -141,3 +141,26 @@ def test_a_forged_callback_is_refused(live: Live, new_tab: Callable[..., Tab]) -
     page.goto(live.demo_rp_url)
     page.goto(live.url(f"/demo-rp/callback?code=forged&state=forged&iss={live.issuer}"))
     expect(page.locator("#rp-error")).to_contain_text("not started here")
+
+
+def test_rp_initiated_logout_ends_the_corp_id_session(
+    live: Live, new_tab: Callable[..., Tab]
+) -> None:
+    tab = new_tab()
+    signed_in_admin(live, tab)
+    page = tab.page
+    page.goto(live.demo_rp_url)
+    page.get_by_role("link", name="Login with Corp ID").click()
+    page.get_by_role("button", name="Allow").click()
+    page.wait_for_url(live.demo_rp_url)
+
+    with page.expect_request(re.compile(r"/logout\?")) as info:
+        page.get_by_role("button", name="Log out").click()
+    assert "id_token_hint=" in info.value.url
+    # The hint names the session: no confirmation, straight back to the relying party.
+    page.wait_for_url(re.compile(re.escape(live.demo_rp_url) + r"\?state="))
+    expect(page.locator("#signed-out")).to_be_visible()
+
+    # Corp ID's session is over: logging in again needs the key.
+    page.get_by_role("link", name="Login with Corp ID").click()
+    page.wait_for_url(re.compile(r"/login\?h="))
