@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-01 19:28:18.598702
+Create Date: 2026-12-01 19:30:24.159483
 """
 
 from collections.abc import Sequence
@@ -134,6 +134,25 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('webauthn_challenges', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_webauthn_challenges_expires_at'), ['expires_at'], unique=False)
+
+    op.create_table('backchannel_deliveries',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('client_id', sa.Integer(), nullable=False),
+    sa.Column('sid', sa.String(length=64), nullable=False),
+    sa.Column('sub', sa.String(length=255), nullable=False),
+    sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('next_attempt_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('delivered_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('gave_up_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('last_error', sa.String(length=200), nullable=True),
+    sa.ForeignKeyConstraint(['client_id'], ['clients.id'], name=op.f('fk_backchannel_deliveries_client_id_clients'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_backchannel_deliveries')),
+    sa.UniqueConstraint('client_id', 'sid', name=op.f('uq_backchannel_deliveries_client_id_sid'))
+    )
+    with op.batch_alter_table('backchannel_deliveries', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_backchannel_deliveries_client_id'), ['client_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_backchannel_deliveries_next_attempt_at'), ['next_attempt_at'], unique=False)
 
     op.create_table('consents',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -381,6 +400,11 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_consents_client_id'))
 
     op.drop_table('consents')
+    with op.batch_alter_table('backchannel_deliveries', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_backchannel_deliveries_next_attempt_at'))
+        batch_op.drop_index(batch_op.f('ix_backchannel_deliveries_client_id'))
+
+    op.drop_table('backchannel_deliveries')
     with op.batch_alter_table('webauthn_challenges', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_webauthn_challenges_expires_at'))
 
