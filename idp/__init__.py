@@ -61,8 +61,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         app.register_blueprint(demo_rp_bp)
 
     from idp.fastpath import StaticDocuments
+    from idp.oauth.hotpath import HotPath
 
-    app.wsgi_app = StaticDocuments(app, app.wsgi_app)  # type: ignore[method-assign]
+    app.wsgi_app = StaticDocuments(app, HotPath(app, app.wsgi_app))  # type: ignore[method-assign]
     return app
 
 

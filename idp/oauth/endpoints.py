@@ -83,28 +83,35 @@ class Introspection(IntrospectionEndpoint):
                 "exp": int(grant.expires_at.timestamp()),
                 "iss": current_app.config["IDP"]["ISSUER"],
             }
-        claims = dict(token.access_claims or {})
-        payload: dict[str, Any] = {"active": True, "token_type": "Bearer"}
-        for name in (
-            "scope",
-            "client_id",
-            "sub",
-            "aud",
-            "iss",
-            "exp",
-            "iat",
-            "jti",
-            "auth_time",
-            "acr",
-            "amr",
-            "sid",
-        ):
-            if name in claims:
-                payload[name] = claims[name]
-        gid = claims.get("gid")
-        if gid and "corp" in str(claims.get("scope", "")).split():
-            payload.update(_corp_claim(gid))
-        return payload
+        return access_token_introspection(token.access_claims or {})
+
+
+def access_token_introspection(claims: dict[str, Any]) -> dict[str, Any]:
+    """The RFC 7662 answer for a live access token with these claims."""
+    payload: dict[str, Any] = {"active": True, "token_type": "Bearer"}
+    for name in INTROSPECTED_CLAIMS:
+        if name in claims:
+            payload[name] = claims[name]
+    gid = claims.get("gid")
+    if gid and "corp" in str(claims.get("scope", "")).split():
+        payload.update(_corp_claim(gid))
+    return payload
+
+
+INTROSPECTED_CLAIMS = (
+    "scope",
+    "client_id",
+    "sub",
+    "aud",
+    "iss",
+    "exp",
+    "iat",
+    "jti",
+    "auth_time",
+    "acr",
+    "amr",
+    "sid",
+)
 
 
 def _corp_claim(gid: str) -> dict[str, Any]:

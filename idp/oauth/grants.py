@@ -312,10 +312,15 @@ class ClientCredentialsGrant(grants.ClientCredentialsGrant):
 
     def validate_token_request(self) -> None:
         super().validate_token_request()
-        requested = (self.request.payload.scope or "").split()
-        allowed = set(self.request.client.scopes) - {"openid", "offline_access"}
-        if any(s not in allowed for s in requested):
+        if not client_credentials_scope_allowed(self.request.client, self.request.payload.scope):
             raise InvalidScopeError("The client may not request these scopes.")
+
+
+def client_credentials_scope_allowed(client: Client, scope: str | None) -> bool:
+    """Whether ``client`` may ask for ``scope`` without a person: only its registered scopes,
+    never ``openid`` or ``offline_access`` (they need a person)."""
+    allowed = set(client.scopes) - {"openid", "offline_access"}
+    return all(s in allowed for s in (scope or "").split())
 
 
 # --- private_key_jwt --------------------------------------------------------------------------
