@@ -212,7 +212,7 @@ SERVERS = {"gunicorn": _run_gunicorn, "granian": _run_granian}
     type=click.IntRange(1, 256),
     default=1,
     show_default=True,
-    help="Threads per worker (more than 1: gunicorn's gthread worker).",
+    help="Threads per worker (granian blocking threads; gunicorn: more than 1 is gthread).",
 )
 @click.option(
     "--timeout",
@@ -221,7 +221,14 @@ SERVERS = {"gunicorn": _run_gunicorn, "granian": _run_granian}
     show_default=True,
     help="Seconds before a silent worker is restarted (gunicorn).",
 )
-@click.option("--server", type=click.Choice(sorted(SERVERS)), default="gunicorn", show_default=True)
+@click.option(
+    "--server",
+    type=click.Choice(sorted(SERVERS)),
+    default="granian",
+    show_default=True,
+    help="WSGI server: granian (default; keeps connections alive at a fraction of the cost, "
+    "see bench/README.md) or gunicorn.",
+)
 def serve(
     host: str, port: int, workers: int | None, threads: int, timeout: int, server: str
 ) -> None:

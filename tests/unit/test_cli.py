@@ -164,14 +164,14 @@ def test_serve_starts_the_chosen_server(
     ]
 
 
-def test_serve_defaults_to_gunicorn_with_workers_per_cpu(
+def test_serve_defaults_to_granian_with_workers_per_cpu(
     app: Flask, runner: FlaskCliRunner, servers: list[Any]
 ) -> None:
     with app.app_context():
         schema.stamp()
     run(runner, "serve")
     [(name, options)] = servers
-    assert name == "gunicorn"
+    assert name == "granian"
     assert options["workers"] == 2 * (os.cpu_count() or 1) + 1
 
 
