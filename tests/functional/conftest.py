@@ -772,7 +772,8 @@ def key_sign_in(b: Browser, url: str, authenticator: Any, **get_kwargs: Any
     from tests.support import ceremony
 
     page = b.go(url)
-    assert page.status_code == 200 and "/login" in page.url, (page.status_code, page.url)
+    assert page.status_code == 200, (page.status_code, page.url)
+    assert "/login" in page.url, page.url
     answer = ceremony.login(b.http, page, authenticator, **get_kwargs)
     assert answer.status_code == 200, answer.text[:300]
     return b.go(urljoin(page.url, answer.json()["next"]))

@@ -64,7 +64,8 @@ def test_enrolment_page_names_inviter_invitee_and_company(ctx: Live, invite: Cal
     csp = page.headers["Content-Security-Policy"]
     assert "script-src 'self' 'nonce-" in csp
     assert "/static/webauthn.js" in page.text
-    assert "onclick" not in page.text and "<script>" not in page.text
+    assert "onclick" not in page.text
+    assert "<script>" not in page.text
 
 
 def test_enrolment_page_in_traditional_chinese(ctx: Live, invite: Callable[..., str],
@@ -114,11 +115,14 @@ def test_enrol_creates_person_key_membership_and_session(
     assert stored.aaguid == key.aaguid
     assert stored.transports == ["usb"]
     assert stored.backup_eligible is False
-    assert stored.created_at is not None and stored.last_used_at is None
+    assert stored.created_at is not None
+    assert stored.last_used_at is None
     membership = db.session.scalars(select(Membership)).one()
-    assert membership.person_id == person.id and membership.roles == ["signatory"]
+    assert membership.person_id == person.id
+    assert membership.roles == ["signatory"]
     invitation = db.session.scalars(select(Invitation)).one()
-    assert invitation.used_at is not None and invitation.used_by_person_id == person.id
+    assert invitation.used_at is not None
+    assert invitation.used_by_person_id == person.id
     # The user handle given to the key is the person's opaque subject.
     assert key.credentials[0].user_handle == person.subject.encode()
     # Signed in with a renewed cookie: acr phrh, amr hwk+mfa, the key recorded.
@@ -127,9 +131,11 @@ def test_enrol_creates_person_key_membership_and_session(
                                                                    stored.id)
     assert LOGIN_COOKIE in answer.cookies
     cookie = answer.headers["Set-Cookie"]
-    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    assert "HttpOnly" in cookie
+    assert "SameSite=Lax" in cookie
     done = b.go(ctx.url(answer.json()["next"]))
-    assert done.status_code == 200 and "Blue key" in done.text
+    assert done.status_code == 200
+    assert "Blue key" in done.text
     tags = set(db.session.scalars(select(AuditEvent.tag)))
     assert {"webauthn:key:register", "orgs:invitation:consume", "authn:session:start"} <= tags
 
@@ -142,7 +148,8 @@ def test_registration_options_follow_the_issue(start: Callable[..., Any], ctx: L
     assert options["rp"]["id"] == "127.0.0.1"
     assert options["attestation"] == "direct"
     selection = options["authenticatorSelection"]
-    assert selection["residentKey"] == "required" and selection["requireResidentKey"] is True
+    assert selection["residentKey"] == "required"
+    assert selection["requireResidentKey"] is True
     assert selection["userVerification"] == "required"
     assert [p["alg"] for p in options["pubKeyCredParams"]] == [-7, -8, -257]
     assert options["excludeCredentials"] == []
@@ -152,7 +159,8 @@ def test_registration_options_follow_the_issue(start: Callable[..., Any], ctx: L
     # Stored only as a digest.
     db.session.rollback()
     row = db.session.scalars(select(WebAuthnChallenge)).one()
-    assert options["challenge"] not in json.dumps(row.data) and row.challenge_hash != options[
+    assert options["challenge"] not in json.dumps(row.data)
+    assert row.challenge_hash != options[
         "challenge"]
     assert row.ceremony == "register"
     assert (row.expires_at - row.created_at).total_seconds() == 300
@@ -163,7 +171,8 @@ def test_signed_in_person_adds_a_spare_key_and_excludes_theirs(
     holder = enrolled()
     first = holder.authenticator.credentials[0].credential_id
     page = holder.browser.go(invite(email="tai.man@acme.example", roles=["member"]))
-    assert "signed in as" in page.text and 'name="display_name"' not in page.text
+    assert "signed in as" in page.text
+    assert 'name="display_name"' not in page.text
     _, answer = ceremony.options(holder.browser.http, page, key_name="Spare")
     excluded = [unb64url(c["id"]) for c in answer.json()["publicKey"]["excludeCredentials"]]
     assert excluded == [first]
@@ -186,7 +195,8 @@ def _refused(answer: requests.Response, status: int = 400) -> dict[str, Any]:
     assert answer.status_code == status, (answer.status_code, answer.text[:300])
     assert answer.headers["Content-Type"].startswith("application/json")
     body: dict[str, Any] = answer.json()
-    assert body["error"] and body["error_description"]
+    assert body["error"]
+    assert body["error_description"]
     return body
 
 
@@ -221,10 +231,10 @@ def test_used_invitation_refused_even_between_options_and_verify(
 
 
 def test_expired_invitation_refused(start: Callable[..., Any], ctx: Live) -> None:
-    b, page, key = start()
+    b, page, _key = start()
     db.session.execute(update(Invitation).values(expires_at=utcnow() - dt.timedelta(seconds=1)))
     db.session.commit()
-    info, answer = ceremony.options(b.http, page, display_name="Chan Tai Man")
+    _info, answer = ceremony.options(b.http, page, display_name="Chan Tai Man")
     _refused(answer, 404)
     assert _counts() == (0, 0, 0)
 
@@ -296,7 +306,7 @@ def test_expired_challenge_refused(start: Callable[..., Any], ctx: Live) -> None
 
 def test_challenge_from_another_browser_refused(start: Callable[..., Any], ctx: Live) -> None:
     b, page, key = start()
-    info, answer = ceremony.options(b.http, page, display_name="Chan Tai Man")
+    _info, answer = ceremony.options(b.http, page, display_name="Chan Tai Man")
     created = key.create(answer.json()["publicKey"])
     thief = Browser(ctx)
     their_page = thief.go(page.url)
@@ -334,7 +344,7 @@ def test_malformed_bodies_are_400(start: Callable[..., Any], ctx: Live, body: st
     _refused(ceremony.post_json(b.http, info["verify"], body, csrf=info["csrf"]))
 
 
-@pytest.mark.parametrize("field,value", [
+@pytest.mark.parametrize(("field", "value"), [
     ("clientDataJSON", "%%%"),
     ("clientDataJSON", b64url(b"\xff\xfe not json")),
     ("attestationObject", b64url(b"\xff\x00\x01 not cbor")),

@@ -58,7 +58,8 @@ def login_page(live: Live, make_client: Callable[..., RP], browser: Callable[[],
         b = b or browser()
         _, challenge = pkce_pair()
         page = b.go(authorize_url(live, rp_holder[0], challenge=challenge, **params))
-        assert page.status_code == 200 and "/login" in page.url, (page.status_code, page.url)
+        assert page.status_code == 200, (page.status_code, page.url)
+        assert "/login" in page.url, page.url
         return b, page
 
     return factory
@@ -68,7 +69,8 @@ def _refused(answer: requests.Response, status: int = 400) -> dict[str, Any]:
     assert answer.status_code == status, (answer.status_code, answer.text[:300])
     assert answer.headers["Content-Type"].startswith("application/json")
     body: dict[str, Any] = answer.json()
-    assert body["error"] and body["error_description"]
+    assert body["error"]
+    assert body["error_description"]
     return body
 
 
@@ -90,11 +92,14 @@ def test_login_page_runs_the_external_script(holder: KeyHolder,
                                              login_page: Callable[..., Any]) -> None:
     _, page = login_page()
     assert page.headers["Cache-Control"] == "no-store"
-    assert "/static/webauthn.js" in page.text and "<script>" not in page.text
+    assert "/static/webauthn.js" in page.text
+    assert "<script>" not in page.text
     info = ceremony.ceremony_of(page)
-    assert info["mode"] == "login" and info["handle"].startswith("cia_")
+    assert info["mode"] == "login"
+    assert info["handle"].startswith("cia_")
     script = requests.get(urljoin(page.url, "/static/webauthn.js"), timeout=10)
-    assert script.status_code == 200 and "navigator.credentials.get" in script.text
+    assert script.status_code == 200
+    assert "navigator.credentials.get" in script.text
 
 
 def test_login_page_of_another_browser_is_refused(holder: KeyHolder, ctx: Live,
@@ -152,11 +157,13 @@ def test_sign_in_starts_a_session_and_updates_the_key(holder: KeyHolder, ctx: Li
     assert answer.headers["Cache-Control"] == "no-store"
     assert answer.json()["next"].startswith("/authorize/continue?h=cia_")
     cookie = answer.headers["Set-Cookie"]
-    assert cookie.startswith(f"{LOGIN_COOKIE}=cil_") and "HttpOnly" in cookie
+    assert cookie.startswith(f"{LOGIN_COOKIE}=cil_")
+    assert "HttpOnly" in cookie
     assert "SameSite=Lax" in cookie
     key = _key()
     assert key.sign_count == holder.authenticator.credentials[0].sign_count == 1
-    assert used_before is None and key.last_used_at is not None
+    assert used_before is None
+    assert key.last_used_at is not None
     session = db.session.scalars(select(LoginSession).order_by(LoginSession.id.desc())).first()
     assert session is not None
     assert (session.acr, session.amr, session.security_key_id) == ("phrh", ["hwk", "mfa"],
@@ -179,7 +186,8 @@ def test_full_journey_with_authlib(holder: KeyHolder, ctx: Live, make_client: Ca
     page = key_sign_in(b, url, holder.authenticator)
     assert page_kind(page) == "consent", page.text[:300]
     cb = callback(b.follow(b.submit(page, decision="allow")))
-    assert cb.params["state"] == state and cb.params["iss"] == ctx.issuer
+    assert cb.params["state"] == state
+    assert cb.params["iss"] == ctx.issuer
     token = oauth.fetch_token(ctx.url("/token"), authorization_response=cb.url(), state=state,
                               code_verifier=verifier)
     _, claims = verify_jwt(ctx, token["id_token"], alg="RS256", audience=rp.client_id)
@@ -188,13 +196,15 @@ def test_full_journey_with_authlib(holder: KeyHolder, ctx: Live, make_client: Ca
     assert session is not None
     assert claims["sub"] == holder.person.subject
     assert claims["nonce"] == nonce
-    assert claims["acr"] == "phrh" and claims["amr"] == ["hwk", "mfa"]
+    assert claims["acr"] == "phrh"
+    assert claims["amr"] == ["hwk", "mfa"]
     assert claims["sid"] == session.sid
     assert claims["auth_time"] == int(session.auth_time.timestamp())
 
 
-def test_company_choice_after_sign_in(enrolled: Callable[..., KeyHolder], invite: Callable[..., str],
-                                      ctx: Live, login_page: Callable[..., Any]) -> None:
+def test_company_choice_after_sign_in(enrolled: Callable[..., KeyHolder],
+                                      invite: Callable[..., str], ctx: Live,
+                                      login_page: Callable[..., Any]) -> None:
     holder = enrolled()
     # A second company through a second invitation, accepted while signed in.
     page = holder.browser.go(invite(email="tai.man@acme.example"))
@@ -238,7 +248,7 @@ def test_max_age_passed_asks_again_and_a_fresh_assertion_satisfies_it(
 
 # --- refusals ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("breakage,reason", [
+@pytest.mark.parametrize(("breakage", "reason"), [
     ({"origin": "https://evil.example"}, "origin"),
     ({"rp_id": "evil.example"}, "rp_id"),
     ({"uv": False}, "user_verification"),
@@ -387,7 +397,7 @@ def test_backup_eligible_key_must_stay_so(enrolled: Callable[..., KeyHolder],
     assert ceremony.login(b.http, page, holder.authenticator).status_code == 200
 
 
-@pytest.mark.parametrize("stored,presented", [(5, 5), (5, 3), (5, 0)])
+@pytest.mark.parametrize(("stored", "presented"), [(5, 5), (5, 3), (5, 0)])
 def test_regressed_counter_refused_and_key_marked(holder: KeyHolder,
                                                   login_page: Callable[..., Any],
                                                   stored: int, presented: int) -> None:
@@ -465,7 +475,7 @@ def test_malformed_credentials_are_400(holder: KeyHolder, login_page: Callable[.
                                 csrf=info["csrf"]))
 
 
-@pytest.mark.parametrize("field,value", [
+@pytest.mark.parametrize(("field", "value"), [
     ("clientDataJSON", b64url(b"\xff\xfe")),
     ("clientDataJSON", b64url(b'{"type": "webauthn.get"}')),
     ("authenticatorData", b64url(b"short")),
@@ -522,6 +532,7 @@ def test_failures_rate_limited_per_source(holder: KeyHolder, ctx: Live,
         for _ in range(5):
             b, page = login_page()
             codes.append(ceremony.login(b.http, page, stranger).status_code)
-        assert codes[:2] == [400, 400] and 429 in codes, codes
+        assert codes[:2] == [400, 400], codes
+        assert 429 in codes, codes
     finally:
         ctx.config()["LOGIN_FAILURES_PER_SOURCE_PER_MINUTE"] = 30
