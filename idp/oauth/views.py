@@ -283,11 +283,13 @@ def end_session_continue() -> Response:
 @bp.post("/logout/confirm")
 def end_session_confirm() -> Response:
     checked = logout.recheck(logout.LogoutRequest.from_dict(session.pop(LOGOUT_SESSION_KEY, None)))
+    # The page shown next keeps the language the relying party asked for.
+    shown = {"ui_locales": checked.ui_locales} if checked.ui_locales else {}
     if request.form.get("decision") == "stay":
         target = logout.redirect_target(checked)
-        return redirect(target or url_for("oauth.logged_out", stayed=1), 303)  # type: ignore[return-value]
+        return redirect(target or url_for("oauth.logged_out", stayed=1, **shown), 303)  # type: ignore[return-value]
     done = logout.log_out(checked, current_login_session(), confirmed=True, origin=_origin())
-    response = redirect(done.redirect_to or url_for("oauth.logged_out"), 303)
+    response = redirect(done.redirect_to or url_for("oauth.logged_out", **shown), 303)
     return _forget_login(response)  # type: ignore[arg-type]
 
 

@@ -67,7 +67,7 @@ def receiver() -> Iterator[Receiver]:
     state: dict[str, Receiver] = {}
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+        def do_POST(self) -> None:
             me = state["r"]
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length).decode()
@@ -205,7 +205,8 @@ def test_each_rp_of_the_session_receives_a_logout_token(
         assert claims["events"] == {LOGOUT_EVENT: {}}
         assert "nonce" not in claims
         assert 0 < claims["exp"] - claims["iat"] <= 300
-        assert isinstance(claims["jti"], str) and claims["jti"]
+        assert isinstance(claims["jti"], str)
+        assert claims["jti"]
         jtis.add(claims["jti"])
     assert len(jtis) == 2
     assert verify_jwt(live, got["/bank"].form["logout_token"][0], alg="ES256")[1]["sub"] \
@@ -274,7 +275,8 @@ def test_failure_does_not_block_logout_and_is_retried_later(
 
     receiver.wait_for(1)
     [row] = wait_settled(live, 1)
-    assert row.attempts == 1 and row.delivered_at is None
+    assert row.attempts == 1
+    assert row.delivered_at is None
     assert row.last_error == "HTTP 500"
     assert row.next_attempt_at is not None
     assert row.next_attempt_at > dt.datetime.now(dt.UTC)
@@ -288,7 +290,9 @@ def test_failure_does_not_block_logout_and_is_retried_later(
     assert first.form["logout_token"] != second.form["logout_token"], "each attempt is fresh"
     verify_jwt(live, second.form["logout_token"][0], alg=rp.id_token_alg, audience=rp.client_id)
     [row] = deliveries(live)
-    assert row.attempts == 2 and row.delivered_at is not None and row.next_attempt_at is None
+    assert row.attempts == 2
+    assert row.delivered_at is not None
+    assert row.next_attempt_at is None
     assert [o["outcome"] for o in audit(live, "oauth:logout:backchannel")] == ["retry",
                                                                               "delivered"]
     make_due(live)
@@ -310,7 +314,8 @@ def test_gives_up_after_the_last_attempt(live: Live, ctx: Live, signed_in: Signe
         run_cli(live, "logout", "deliver", "--json")
     [row] = deliveries(live)
     assert row.attempts == attempts
-    assert row.gave_up_at is not None and row.next_attempt_at is None
+    assert row.gave_up_at is not None
+    assert row.next_attempt_at is None
     assert len(receiver.received) == attempts
     assert audit(live, "oauth:logout:backchannel")[-1]["outcome"] == "gave_up"
 
@@ -326,7 +331,8 @@ def test_redirects_are_not_followed(live: Live, ctx: Live, signed_in: SignedIn,
     [row] = wait_settled(live, 1)
     time.sleep(0.3)
     assert [r.path for r in receiver.received] == ["/moved"]
-    assert row.last_error == "HTTP 307" and row.delivered_at is None
+    assert row.last_error == "HTTP 307"
+    assert row.delivered_at is None
 
 
 def test_unreachable_rp_is_retried(live: Live, ctx: Live, signed_in: SignedIn,
@@ -339,7 +345,9 @@ def test_unreachable_rp_is_retried(live: Live, ctx: Live, signed_in: SignedIn,
     log_out(live, b, sign_in_to(live, b, rp, get_code)["id_token"])
     [row] = wait_settled(live, 1)
     assert row.last_error == "ConnectionError"
-    assert row.delivered_at is None and row.gave_up_at is None and row.next_attempt_at
+    assert row.delivered_at is None
+    assert row.gave_up_at is None
+    assert row.next_attempt_at
 
 
 def test_deliveries_survive_without_the_thread_pool(
@@ -360,6 +368,7 @@ def test_deliveries_survive_without_the_thread_pool(
     time.sleep(0.3)
     assert receiver.received == []
     [row] = deliveries(live)
-    assert row.attempts == 0 and row.next_attempt_at is not None
+    assert row.attempts == 0
+    assert row.next_attempt_at is not None
     assert run_cli(live, "logout", "deliver", "--json")[0]["outcome"] == "delivered"
     assert [r.path for r in receiver.received] == ["/later"]

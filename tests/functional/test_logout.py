@@ -132,7 +132,7 @@ def test_expired_hint_is_still_accepted(live: Live, ctx: Live, signed_in: Signed
                                         get_code: Callable[..., CodeResult]) -> None:
     from idp.keys import jws
 
-    who, b = signed_in()
+    _, b = signed_in()
     claims = pyjwt.decode(tokens_for(live, b, rp, get_code)["id_token"],
                           options={"verify_signature": False})
     claims.update(iat=int(time.time()) - 7200, exp=int(time.time()) - 3600)
@@ -193,7 +193,8 @@ def test_no_hint_asks_first_then_logs_out_with_303(
     assert page.headers["Cache-Control"] == "no-store"
     assert not session_ended(live, b)
     form = parse_forms(page.text)[0]
-    assert form.method == "post" and form.value("csrf_token")
+    assert form.method == "post"
+    assert form.value("csrf_token")
     done = b.submit(page, decision="logout")
     assert done.status_code == 303
     assert done.headers["Location"] == f"{AFTER}?state=c"
@@ -218,8 +219,18 @@ def test_confirmation_page_speaks_chinese(live: Live, signed_in: SignedIn, rp: R
     _, b = signed_in()
     page = b.request("GET", logout_url(live, client_id=rp.client_id, ui_locales="zh-HK en"))
     assert page.status_code == 200
-    assert "要登出 Corp ID 嗎？" in page.text
+    assert "要登出 Corp ID 嗎？" in page.text  # noqa: RUF001 - Chinese punctuation
     assert 'lang="zh-Hant-HK"' in page.text
+
+
+def test_signed_out_page_keeps_the_requested_language(live: Live, ctx: Live,
+                                                     signed_in: SignedIn) -> None:
+    _, b = signed_in()
+    page = b.request("GET", logout_url(live, ui_locales="zh-Hant-HK"))
+    shown = b.follow(b.submit(page, decision="logout"))
+    assert shown.status_code == 200
+    assert "您已登出" in shown.text
+    assert session_ended(live, b)
 
 
 def test_stay_signed_in(live: Live, ctx: Live, signed_in: SignedIn, rp: RP) -> None:
@@ -259,7 +270,8 @@ def test_logout_hint_of_someone_else_asks_first(
     assert not session_ended(live, b)
     same = b.request("GET", logout_url(live, id_token_hint=hint,
                                        logout_hint="TAI.MAN@acme.example"))
-    assert same.status_code == 200 and "You are signed out" in same.text
+    assert same.status_code == 200
+    assert "You are signed out" in same.text
 
 
 def test_confirmation_post_without_csrf_token_is_refused(
@@ -279,8 +291,8 @@ def test_confirmation_post_without_csrf_token_is_refused(
 
 # --- no session ---------------------------------------------------------------------------------
 
-def test_logout_without_session_still_redirects_a_known_rp(live: Live, browser: Callable[[], Browser],
-                                                          rp: RP) -> None:
+def test_logout_without_session_still_redirects_a_known_rp(
+        live: Live, browser: Callable[[], Browser], rp: RP) -> None:
     b = browser()
     response = b.request("GET", logout_url(live, client_id=rp.client_id,
                                            post_logout_redirect_uri=AFTER, state="n"))
