@@ -284,7 +284,7 @@ def end_session_continue() -> Response:
 def end_session_confirm() -> Response:
     checked = logout.recheck(logout.LogoutRequest.from_dict(session.pop(LOGOUT_SESSION_KEY, None)))
     # The page shown next keeps the language the relying party asked for.
-    shown = {"ui_locales": checked.ui_locales} if checked.ui_locales else {}
+    shown: dict[str, Any] = {"ui_locales": checked.ui_locales} if checked.ui_locales else {}
     if request.form.get("decision") == "stay":
         target = logout.redirect_target(checked)
         return redirect(target or url_for("oauth.logged_out", stayed=1, **shown), 303)  # type: ignore[return-value]
