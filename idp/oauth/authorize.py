@@ -197,8 +197,11 @@ def needs_login(pending: PendingAuthorization, session: LoginSession | None) -> 
         return True
     if "login" in _prompts(pending) and session.auth_time < pending.created_at:
         return True
+    # OIDC Core 3.1.2.1: a sign-in made for this very request satisfies any max_age, even 0.
     max_age = pending.params.get("max_age")
-    if max_age is not None and (utcnow() - session.auth_time).total_seconds() > int(max_age):
+    fresh = session.auth_time >= pending.created_at
+    age = (utcnow() - session.auth_time).total_seconds()
+    if max_age is not None and not fresh and age > int(max_age):
         return True
     if pending.params.get("id_token_hint") and session.auth_time < pending.created_at:
         return not hint_matches(pending, session)

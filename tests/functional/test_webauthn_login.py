@@ -538,10 +538,6 @@ def test_failures_rate_limited_per_source(holder: KeyHolder, ctx: Live,
         ctx.config()["LOGIN_FAILURES_PER_SOURCE_PER_MINUTE"] = 30
 
 
-@pytest.mark.xfail(strict=True, reason="idp.oauth.authorize.needs_login compares max_age with "
-                   "the session's age only, so with max_age=0 even the assertion just made is "
-                   "'too old' and the login page comes back (OIDC Core 3.1.2.1: a fresh "
-                   "authentication satisfies it); not in this part's files")
 def test_max_age_zero_is_satisfied_by_a_fresh_assertion(
         holder: KeyHolder, ctx: Live, make_client: Callable[..., RP]) -> None:
     rp = make_client()
