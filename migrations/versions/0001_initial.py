@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-01 19:30:24.159483
+Create Date: 2026-12-01 19:54:33.055443
 """
 
 from collections.abc import Sequence
@@ -209,6 +209,29 @@ def upgrade() -> None:
     with op.batch_alter_table('memberships', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_memberships_company_id'), ['company_id'], unique=False)
 
+    op.create_table('operator_invitations',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('token_hash', sa.String(length=64), nullable=False),
+    sa.Column('email', sa.String(length=320), nullable=False),
+    sa.Column('created_by', sa.String(length=200), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('expires_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('used_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('used_by_person_id', sa.Integer(), nullable=True),
+    sa.ForeignKeyConstraint(['used_by_person_id'], ['people.id'], name=op.f('fk_operator_invitations_used_by_person_id_people')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_operator_invitations')),
+    sa.UniqueConstraint('token_hash', name=op.f('uq_operator_invitations_token_hash'))
+    )
+    op.create_table('operators',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('person_id', sa.Integer(), nullable=False),
+    sa.Column('status', sa.Enum('active', 'suspended', name='operator_status', native_enum=False, length=32), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('created_by', sa.String(length=200), nullable=False),
+    sa.ForeignKeyConstraint(['person_id'], ['people.id'], name=op.f('fk_operators_person_id_people'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_operators')),
+    sa.UniqueConstraint('person_id', name=op.f('uq_operators_person_id'))
+    )
     op.create_table('pending_authorizations',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('handle_hash', sa.String(length=64), nullable=False),
@@ -249,6 +272,22 @@ def upgrade() -> None:
     with op.batch_alter_table('security_keys', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_security_keys_person_id'), ['person_id'], unique=False)
 
+    op.create_table('key_change_requests',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('action', sa.String(length=16), nullable=False),
+    sa.Column('alg', sa.String(length=16), nullable=True),
+    sa.Column('kid', sa.String(length=64), nullable=True),
+    sa.Column('status', sa.Enum('pending', 'done', 'failed', 'cancelled', name='approval_status', native_enum=False, length=32), nullable=False),
+    sa.Column('requested_by_id', sa.Integer(), nullable=False),
+    sa.Column('requested_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('expires_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('decided_by_id', sa.Integer(), nullable=True),
+    sa.Column('decided_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('outcome', sa.String(length=500), nullable=True),
+    sa.ForeignKeyConstraint(['decided_by_id'], ['operators.id'], name=op.f('fk_key_change_requests_decided_by_id_operators')),
+    sa.ForeignKeyConstraint(['requested_by_id'], ['operators.id'], name=op.f('fk_key_change_requests_requested_by_id_operators')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_key_change_requests'))
+    )
     op.create_table('login_sessions',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('sid', sa.String(length=64), nullable=False),
@@ -271,6 +310,18 @@ def upgrade() -> None:
     with op.batch_alter_table('login_sessions', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_login_sessions_person_id'), ['person_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_login_sessions_security_key_id'), ['security_key_id'], unique=False)
+
+    op.create_table('fresh_assertions',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('session_id', sa.Integer(), nullable=False),
+    sa.Column('security_key_id', sa.Integer(), nullable=True),
+    sa.Column('asserted_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['security_key_id'], ['security_keys.id'], name=op.f('fk_fresh_assertions_security_key_id_security_keys'), ondelete='SET NULL'),
+    sa.ForeignKeyConstraint(['session_id'], ['login_sessions.id'], name=op.f('fk_fresh_assertions_session_id_login_sessions'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_fresh_assertions'))
+    )
+    with op.batch_alter_table('fresh_assertions', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_fresh_assertions_session_id'), ['session_id'], unique=False)
 
     op.create_table('grants',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -374,11 +425,16 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_grants_client_id'))
 
     op.drop_table('grants')
+    with op.batch_alter_table('fresh_assertions', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_fresh_assertions_session_id'))
+
+    op.drop_table('fresh_assertions')
     with op.batch_alter_table('login_sessions', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_login_sessions_security_key_id'))
         batch_op.drop_index(batch_op.f('ix_login_sessions_person_id'))
 
     op.drop_table('login_sessions')
+    op.drop_table('key_change_requests')
     with op.batch_alter_table('security_keys', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_security_keys_person_id'))
 
@@ -387,6 +443,8 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_pending_authorizations_expires_at'))
 
     op.drop_table('pending_authorizations')
+    op.drop_table('operators')
+    op.drop_table('operator_invitations')
     with op.batch_alter_table('memberships', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_memberships_company_id'))
 
