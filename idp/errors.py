@@ -45,6 +45,13 @@ class NotFoundError(IdpError):
     code = "not_found"
 
 
+class ForbiddenError(IdpError):
+    """You may not do this."""
+
+    status = 403
+    code = "forbidden"
+
+
 class ConflictError(IdpError):
     """The thing already exists or is in a state that does not allow this."""
 
