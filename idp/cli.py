@@ -631,3 +631,18 @@ def logout_deliver(limit: int, as_json: bool) -> None:
         for r in rows
     ]
     emit(rows, as_json, lines or ["nothing due"])
+
+
+# --- housekeeping -----------------------------------------------------------------------------
+
+
+@cli.command()
+@json_option
+@with_app
+def purge(as_json: bool) -> None:
+    """Delete protocol state nobody can use any more (expired codes, pending authorizations,
+    challenges, settled back-channel logouts...). Run it from cron, e.g. hourly."""
+    from idp.oauth import tokens
+
+    counts = tokens.purge_expired()
+    emit(counts, as_json, [f"{name}: {count} deleted" for name, count in counts.items()])

@@ -349,15 +349,20 @@ def purge_expired() -> dict[str, int]:
     """Delete protocol state nobody can use any more (run periodically: ``idp purge``).
 
     Expired codes and pending authorizations, revoked-jti entries past their token's expiry,
-    refresh tokens of expired grants. Grants themselves are kept (audit trail of what was
-    issued) until a retention job decides otherwise. Returns the count per table. Committed.
+    refresh tokens of expired grants, expired WebAuthn challenges, back-channel logout records
+    delivered or given up more than a day ago (the audit trail keeps each outcome). Grants
+    themselves are kept (audit trail of what was issued) until a retention job decides
+    otherwise. Returns the count per table. Committed.
     """
     from sqlalchemy import delete
 
-    from idp.oauth.models import AuthorizationCode, PendingAuthorization
+    from idp.authn.ceremonies import purge_expired_challenges
+    from idp.oauth.models import AuthorizationCode, BackchannelDelivery, PendingAuthorization
 
     now = utcnow()
     expired_grants = select(Grant.id).where(Grant.expires_at <= now)
+    # Kept a day so that ending the same session again soon after sends nothing twice.
+    settled = now - dt.timedelta(days=1)
     statements = {
         # Codes are kept a day past expiry so that a late replay still revokes its tokens.
         "authorization_codes": delete(AuthorizationCode).where(
@@ -370,6 +375,10 @@ def purge_expired() -> dict[str, int]:
             RevokedAccessToken.expires_at <= now
         ),
         "refresh_tokens": delete(RefreshToken).where(RefreshToken.grant_id.in_(expired_grants)),
+        "backchannel_deliveries": delete(BackchannelDelivery).where(
+            (BackchannelDelivery.delivered_at <= settled)
+            | (BackchannelDelivery.gave_up_at <= settled)
+        ),
     }
     counts = {
         name: int(getattr(db.session.execute(stmt), "rowcount", 0) or 0)
@@ -379,4 +388,5 @@ def purge_expired() -> dict[str, int]:
     from idp import cache
 
     counts["cache_entries"] = cache.purge_expired()
+    counts["webauthn_challenges"] = purge_expired_challenges()
     return counts
