@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import exists, literal, select, update
+from sqlalchemy import bindparam, exists, literal, select, update
 from sqlalchemy.exc import IntegrityError
 
 from idp.audit.services import record
@@ -294,43 +294,53 @@ def decode_access_token(token: str) -> dict[str, Any] | None:
         return None
 
 
+def _liveness_statements() -> tuple[Any, Any]:
+    """The two liveness queries, built once: ``(client token, user token)``. Values are bound
+    per call, so SQLAlchemy's compiled cache serves every request after the first."""
+    revoked = exists().where(RevokedAccessToken.jti == bindparam("jti"))
+    # Person, membership and company status are read with the grant (indexed joins), so a
+    # suspension ends tokens at once even when it was made without revoking grants.
+    grant_live = (
+        select(Grant.id)
+        .join(Person, Person.id == Grant.person_id)
+        .join(Company, Company.id == Grant.company_id)
+        .join(
+            Membership,
+            (Membership.person_id == Grant.person_id)
+            & (Membership.company_id == Grant.company_id),
+        )
+        .where(
+            Grant.gid == bindparam("gid"),
+            Grant.revoked_at.is_(None),
+            Grant.expires_at > bindparam("now"),
+            Person.status == PersonStatus.ACTIVE,
+            Membership.status == MembershipStatus.ACTIVE,
+            Company.status.in_((CompanyStatus.LIVE, CompanyStatus.DORMANT)),
+        )
+        .scalar_subquery()
+    )
+    return select(revoked, literal(1)), select(revoked, grant_live)
+
+
+_LIVENESS = _liveness_statements()
+
+
 def is_access_token_live(claims: dict[str, Any]) -> bool:
     """Not revoked by jti, and its grant (if any) still live: one query."""
     jti = claims.get("jti")
     gid = claims.get("gid")
     if not isinstance(jti, str):
         return False
-    revoked = exists().where(RevokedAccessToken.jti == jti)
+    params: dict[str, Any]
     if gid is None:
-        statement = select(revoked, literal(1))
+        statement, params = _LIVENESS[0], {"jti": jti}
     elif isinstance(gid, str):
-        # Person, membership and company status are read with the grant (indexed joins), so a
-        # suspension ends tokens at once even when it was made without revoking grants.
-        grant_live = (
-            select(Grant.id)
-            .join(Person, Person.id == Grant.person_id)
-            .join(Company, Company.id == Grant.company_id)
-            .join(
-                Membership,
-                (Membership.person_id == Grant.person_id)
-                & (Membership.company_id == Grant.company_id),
-            )
-            .where(
-                Grant.gid == gid,
-                Grant.revoked_at.is_(None),
-                Grant.expires_at > utcnow(),
-                Person.status == PersonStatus.ACTIVE,
-                Membership.status == MembershipStatus.ACTIVE,
-                Company.status.in_((CompanyStatus.LIVE, CompanyStatus.DORMANT)),
-            )
-            .scalar_subquery()
-        )
-        statement = select(revoked, grant_live)
+        statement, params = _LIVENESS[1], {"jti": jti, "gid": gid, "now": utcnow()}
     else:
         return False
     # One autocommit round trip with a Core statement: no transaction, no ORM on this hot path.
     with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        row = connection.execute(statement).one()
+        row = connection.execute(statement, params).one()
     return (not row[0]) and row[1] is not None
 
 
