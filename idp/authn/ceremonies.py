@@ -242,15 +242,62 @@ def finish_enrolment(
     """Verify the registration response and, in one transaction, create the person (if new),
     store the key and consume the invitation; then start a session.
 
-    Nothing is written when the key is refused or the invitation was used meanwhile. Raises
+    Nothing is written when the key is refused or the invitation was used meanwhile, except
+    the audit event of a refused key (``webauthn:key:refused``, committed on its own). Raises
     ``WebAuthnError`` (response refused), ``attestation.AttestationRefused`` (policy),
     ``NotFoundError``/``ConflictError`` (invitation no longer valid)."""
     invitation = orgs.find_valid_invitation(token)
+    seen: dict[str, Any] = {"invitation_id": invitation.id, "company_id": invitation.company_id}
+    try:
+        return _finish_enrolment(invitation, credential, binding, origin, seen)
+    except (wa.WebAuthnError, attestation.AttestationRefused) as exc:
+        _enrolment_refused(exc, seen, origin)
+        raise
+
+
+def _enrolment_refused(
+    exc: wa.WebAuthnError | attestation.AttestationRefused,
+    seen: dict[str, Any],
+    origin: Origin | None,
+) -> None:
+    """Audit a refused key (the enrolment's own transaction is rolled back): the reason and
+    what the key claimed (AAGUID, attestation format), nothing secret."""
+    db.session.rollback()
+    facts: wa.RegistrationFacts | None = seen.get("facts")
+    person_subject = seen.get("person_subject")
+    invitation = f"invitation:{seen['invitation_id']}"
+    record(
+        "webauthn:key:refused",
+        actor=f"person:{person_subject}" if person_subject else invitation,
+        subject=invitation,
+        origin=origin,
+        company_id=seen["company_id"],
+        details={
+            "reason": exc.reason,
+            "aaguid": facts.aaguid if facts else None,
+            "fmt": facts.fmt if facts else None,
+            "backup_eligible": facts.backup_eligible if facts else None,
+            "invitation_id": seen["invitation_id"],
+        },
+    )
+    db.session.commit()
+
+
+def _finish_enrolment(
+    invitation: Invitation,
+    credential: object,
+    binding: str,
+    origin: Origin | None,
+    seen: dict[str, Any],
+) -> SignedIn:
     cred, facts = wa.read_registration(credential)
+    seen["facts"] = facts
     row = _claim_challenge(
         facts.challenge, ceremony=REGISTER, binding=binding, scope=f"invitation:{invitation.id}"
     )
     data = dict(row.data)
+    if data.get("person_id") is not None:
+        seen["person_subject"] = data.get("subject")
     if data.get("invitation_id") != invitation.id:
         raise wa.WebAuthnError("This enrolment attempt is not for this invitation.")
     if db.session.scalar(
