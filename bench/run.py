@@ -552,8 +552,10 @@ def scenario_rows(backend: Backend, endpoint: str, introspect_tokens: list[str]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_snapshot(server_pgid: int) -> dict[int, tuple[str, float]]:
-    """CPU seconds used so far by every process, tagged server/postgres/redis/other."""
+def cpu_snapshot(server_pgid: int, groups: dict[int, str] | None = None
+                 ) -> dict[int, tuple[str, float]]:
+    """CPU seconds used so far by every process, tagged server/postgres/redis/other (or the
+    tag ``groups`` gives the process group, e.g. a load generator's own group)."""
     snap: dict[int, tuple[str, float]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -568,6 +570,8 @@ def cpu_snapshot(server_pgid: int) -> dict[int, tuple[str, float]]:
         seconds = (int(fields[11]) + int(fields[12])) / CLK_TCK
         if pgid == server_pgid:
             tag = "server"
+        elif groups and pgid in groups:
+            tag = groups[pgid]
         elif comm.startswith(("postgres", "postmaster")):
             tag = "postgres"
         elif comm.startswith("redis"):
@@ -584,7 +588,7 @@ def cpu_split(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, 
     of processes this script waited for meanwhile (wrk)."""
     used = {"server": 0.0, "postgres": 0.0, "redis": 0.0, "other": 0.0}
     for pid, (tag, seconds) in after.items():
-        used[tag] += seconds - before.get(pid, (tag, 0.0))[1]
+        used[tag] = used.get(tag, 0.0) + seconds - before.get(pid, (tag, 0.0))[1]
     used["wrk"] = children
     return {k: v / wall for k, v in used.items()}
 
