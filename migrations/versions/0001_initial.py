@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-01 19:54:33.055443
+Create Date: 2026-12-01 19:57:37.182138
 """
 
 from collections.abc import Sequence
@@ -56,6 +56,7 @@ def upgrade() -> None:
     sa.Column('sector_identifier', sa.String(length=255), nullable=True),
     sa.Column('profile', sa.Enum('basic', 'fapi2', name='client_profile', native_enum=False, length=32), nullable=False),
     sa.Column('status', sa.Enum('active', 'disabled', name='client_status', native_enum=False, length=32), nullable=False),
+    sa.Column('members_authorised_only', sa.Boolean(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_clients')),
@@ -66,11 +67,42 @@ def upgrade() -> None:
     sa.Column('br_number', sa.String(length=8), nullable=False),
     sa.Column('name_en', sa.String(length=300), nullable=False),
     sa.Column('name_zh', sa.String(length=300), nullable=True),
+    sa.Column('name_key', sa.String(length=300).with_variant(sa.String(length=300, collation='C'), 'postgresql'), nullable=False),
+    sa.Column('name_zh_key', sa.String(length=300).with_variant(sa.String(length=300, collation='C'), 'postgresql'), nullable=True),
     sa.Column('status', sa.Enum('live', 'dormant', 'deregistered', 'dissolved', name='company_status', native_enum=False, length=32), nullable=False),
+    sa.Column('address', sa.Text(), nullable=True),
+    sa.Column('incorporated_on', sa.Date(), nullable=True),
+    sa.Column('company_type', sa.String(length=100), nullable=True),
+    sa.Column('source', sa.String(length=200), nullable=True),
+    sa.Column('as_of', sa.Date(), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_companies')),
     sa.UniqueConstraint('br_number', name=op.f('uq_companies_br_number'))
     )
+    with op.batch_alter_table('companies', schema=None) as batch_op:
+        batch_op.create_index('ix_companies_name_key_br', ['name_key', 'br_number'], unique=False)
+        batch_op.create_index('ix_companies_name_zh_key_br', ['name_zh_key', 'br_number'], unique=False)
+
+    op.create_table('import_runs',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('kind', sa.String(length=32), nullable=False),
+    sa.Column('file_digest', sa.String(length=64), nullable=False),
+    sa.Column('file_name', sa.String(length=500), nullable=False),
+    sa.Column('actor', sa.String(length=200), nullable=False),
+    sa.Column('state', sa.String(length=16), nullable=False),
+    sa.Column('last_record', sa.Integer(), nullable=False),
+    sa.Column('last_line', sa.Integer(), nullable=False),
+    sa.Column('counts', sa.JSON(), nullable=False),
+    sa.Column('error', sa.String(length=500), nullable=True),
+    sa.Column('started_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_import_runs'))
+    )
+    with op.batch_alter_table('import_runs', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_import_runs_file_digest'), ['file_digest'], unique=False)
+
     op.create_table('people',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('subject', sa.String(length=64), nullable=False),
@@ -154,6 +186,19 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_backchannel_deliveries_client_id'), ['client_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_backchannel_deliveries_next_attempt_at'), ['next_attempt_at'], unique=False)
 
+    op.create_table('company_officers',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('company_id', sa.Integer(), nullable=False),
+    sa.Column('role', sa.Enum('director', 'secretary', name='officer_role', native_enum=False, length=32), nullable=False),
+    sa.Column('name_en', sa.String(length=300), nullable=True),
+    sa.Column('name_zh', sa.String(length=300), nullable=True),
+    sa.Column('appointed_on', sa.Date(), nullable=True),
+    sa.ForeignKeyConstraint(['company_id'], ['companies.id'], name=op.f('fk_company_officers_company_id_companies'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_company_officers'))
+    )
+    with op.batch_alter_table('company_officers', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_company_officers_company_id'), ['company_id'], unique=False)
+
     op.create_table('consents',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('person_id', sa.Integer(), nullable=False),
@@ -174,6 +219,26 @@ def upgrade() -> None:
     with op.batch_alter_table('consents', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_consents_client_id'), ['client_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_consents_company_id'), ['company_id'], unique=False)
+
+    op.create_table('eservice_authorisations',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('company_id', sa.Integer(), nullable=False),
+    sa.Column('person_id', sa.Integer(), nullable=False),
+    sa.Column('client_id', sa.Integer(), nullable=False),
+    sa.Column('role', sa.String(length=64), nullable=True),
+    sa.Column('expires_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('granted_by', sa.String(length=200), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('revoked_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('revoked_by', sa.String(length=200), nullable=True),
+    sa.ForeignKeyConstraint(['client_id'], ['clients.id'], name=op.f('fk_eservice_authorisations_client_id_clients'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['company_id'], ['companies.id'], name=op.f('fk_eservice_authorisations_company_id_companies'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['person_id'], ['people.id'], name=op.f('fk_eservice_authorisations_person_id_people'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_eservice_authorisations'))
+    )
+    with op.batch_alter_table('eservice_authorisations', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_eservice_authorisations_company_id'), ['company_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_eservice_authorisations_person_id_company_id_client_id'), ['person_id', 'company_id', 'client_id'], unique=False)
 
     op.create_table('invitations',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -240,8 +305,10 @@ def upgrade() -> None:
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('expires_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('company_id', sa.Integer(), nullable=True),
+    sa.Column('agent_company_id', sa.Integer(), nullable=True),
     sa.Column('consented_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('completed_at', sa.DateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['agent_company_id'], ['companies.id'], name=op.f('fk_pending_authorizations_agent_company_id_companies'), ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['client_id'], ['clients.id'], name=op.f('fk_pending_authorizations_client_id_clients'), ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['company_id'], ['companies.id'], name=op.f('fk_pending_authorizations_company_id_companies'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_pending_authorizations')),
@@ -271,6 +338,25 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('security_keys', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_security_keys_person_id'), ['person_id'], unique=False)
+
+    op.create_table('third_party_authorisations',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('principal_company_id', sa.Integer(), nullable=False),
+    sa.Column('agent_company_id', sa.Integer(), nullable=False),
+    sa.Column('client_id', sa.Integer(), nullable=False),
+    sa.Column('expires_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('granted_by', sa.String(length=200), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('revoked_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('revoked_by', sa.String(length=200), nullable=True),
+    sa.ForeignKeyConstraint(['agent_company_id'], ['companies.id'], name=op.f('fk_third_party_authorisations_agent_company_id_companies'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['client_id'], ['clients.id'], name=op.f('fk_third_party_authorisations_client_id_clients'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['principal_company_id'], ['companies.id'], name=op.f('fk_third_party_authorisations_principal_company_id_companies'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_third_party_authorisations'))
+    )
+    with op.batch_alter_table('third_party_authorisations', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_third_party_authorisations_agent_company_id_client_id'), ['agent_company_id', 'client_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_third_party_authorisations_principal_company_id'), ['principal_company_id'], unique=False)
 
     op.create_table('key_change_requests',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -329,6 +415,7 @@ def upgrade() -> None:
     sa.Column('client_id', sa.Integer(), nullable=False),
     sa.Column('person_id', sa.Integer(), nullable=False),
     sa.Column('company_id', sa.Integer(), nullable=False),
+    sa.Column('agent_company_id', sa.Integer(), nullable=True),
     sa.Column('session_id', sa.Integer(), nullable=True),
     sa.Column('security_key_id', sa.Integer(), nullable=True),
     sa.Column('scope', sa.Text(), nullable=False),
@@ -340,6 +427,7 @@ def upgrade() -> None:
     sa.Column('expires_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('revoked_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('revoked_reason', sa.String(length=64), nullable=True),
+    sa.ForeignKeyConstraint(['agent_company_id'], ['companies.id'], name=op.f('fk_grants_agent_company_id_companies'), ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['client_id'], ['clients.id'], name=op.f('fk_grants_client_id_clients'), ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['company_id'], ['companies.id'], name=op.f('fk_grants_company_id_companies'), ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['person_id'], ['people.id'], name=op.f('fk_grants_person_id_people'), ondelete='CASCADE'),
@@ -349,6 +437,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('gid', name=op.f('uq_grants_gid'))
     )
     with op.batch_alter_table('grants', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_grants_agent_company_id'), ['agent_company_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_grants_client_id'), ['client_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_grants_company_id'), ['company_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_grants_person_id'), ['person_id'], unique=False)
@@ -361,6 +450,7 @@ def upgrade() -> None:
     sa.Column('client_id', sa.Integer(), nullable=False),
     sa.Column('person_id', sa.Integer(), nullable=False),
     sa.Column('company_id', sa.Integer(), nullable=False),
+    sa.Column('agent_company_id', sa.Integer(), nullable=True),
     sa.Column('session_id', sa.Integer(), nullable=True),
     sa.Column('redirect_uri', sa.Text(), nullable=False),
     sa.Column('scope', sa.Text(), nullable=False),
@@ -375,6 +465,7 @@ def upgrade() -> None:
     sa.Column('expires_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('used_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('grant_id', sa.Integer(), nullable=True),
+    sa.ForeignKeyConstraint(['agent_company_id'], ['companies.id'], name=op.f('fk_authorization_codes_agent_company_id_companies'), ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['client_id'], ['clients.id'], name=op.f('fk_authorization_codes_client_id_clients'), ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['company_id'], ['companies.id'], name=op.f('fk_authorization_codes_company_id_companies'), ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['grant_id'], ['grants.id'], name=op.f('fk_authorization_codes_grant_id_grants'), ondelete='SET NULL'),
@@ -423,6 +514,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_grants_person_id'))
         batch_op.drop_index(batch_op.f('ix_grants_company_id'))
         batch_op.drop_index(batch_op.f('ix_grants_client_id'))
+        batch_op.drop_index(batch_op.f('ix_grants_agent_company_id'))
 
     op.drop_table('grants')
     with op.batch_alter_table('fresh_assertions', schema=None) as batch_op:
@@ -435,6 +527,11 @@ def downgrade() -> None:
 
     op.drop_table('login_sessions')
     op.drop_table('key_change_requests')
+    with op.batch_alter_table('third_party_authorisations', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_third_party_authorisations_principal_company_id'))
+        batch_op.drop_index(batch_op.f('ix_third_party_authorisations_agent_company_id_client_id'))
+
+    op.drop_table('third_party_authorisations')
     with op.batch_alter_table('security_keys', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_security_keys_person_id'))
 
@@ -453,11 +550,20 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_invitations_company_id'))
 
     op.drop_table('invitations')
+    with op.batch_alter_table('eservice_authorisations', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_eservice_authorisations_person_id_company_id_client_id'))
+        batch_op.drop_index(batch_op.f('ix_eservice_authorisations_company_id'))
+
+    op.drop_table('eservice_authorisations')
     with op.batch_alter_table('consents', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_consents_company_id'))
         batch_op.drop_index(batch_op.f('ix_consents_client_id'))
 
     op.drop_table('consents')
+    with op.batch_alter_table('company_officers', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_company_officers_company_id'))
+
+    op.drop_table('company_officers')
     with op.batch_alter_table('backchannel_deliveries', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_backchannel_deliveries_next_attempt_at'))
         batch_op.drop_index(batch_op.f('ix_backchannel_deliveries_client_id'))
@@ -484,6 +590,14 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_people_email'))
 
     op.drop_table('people')
+    with op.batch_alter_table('import_runs', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_import_runs_file_digest'))
+
+    op.drop_table('import_runs')
+    with op.batch_alter_table('companies', schema=None) as batch_op:
+        batch_op.drop_index('ix_companies_name_zh_key_br')
+        batch_op.drop_index('ix_companies_name_key_br')
+
     op.drop_table('companies')
     op.drop_table('clients')
     with op.batch_alter_table('audit_events', schema=None) as batch_op:
