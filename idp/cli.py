@@ -324,6 +324,12 @@ def _client_options(*, create: bool) -> Callable[[F], F]:
                 type=click.Choice([p.value for p in ClientProfile]),
                 default="basic" if create else None,
             ),
+            click.option(
+                "--authorised-members-only/--any-member",
+                "members_authorised_only",
+                default=False if create else None,
+                help="Only members holding an e-service authorisation for it may sign in.",
+            ),
             json_option,
         ]
         for option in reversed(options):
@@ -359,6 +365,8 @@ def _client_settings(options: dict[str, Any]) -> dict[str, Any]:
         settings["jwks"] = _read_jwks(options["jwks_file"])
     if options.get("jwks_uri") is not None:
         settings["jwks_uri"] = options["jwks_uri"] or None
+    if options.get("members_authorised_only") is not None:
+        settings["members_authorised_only"] = options["members_authorised_only"]
     return settings
 
 

@@ -64,6 +64,8 @@ class Client(Base, ClientMixin):
     status: Mapped[ClientStatus] = mapped_column(
         str_enum(ClientStatus, "client_status"), default=ClientStatus.ACTIVE
     )
+    # Only members holding a live e-service authorisation for this client may sign in to it.
+    members_authorised_only: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -52,6 +52,7 @@ UPDATABLE = (
     "post_logout_redirect_uris",
     "backchannel_logout_uri",
     "profile",
+    "members_authorised_only",
 )
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -200,12 +201,15 @@ def validate_settings(
     post_logout_redirect_uris: Iterable[str] | None = (),
     backchannel_logout_uri: object = None,
     profile: object = "basic",
+    members_authorised_only: object = False,
 ) -> dict[str, Any]:
     """Check a client's settings together; return them normalised, ready for the model.
 
     Raises ``ValidationError`` naming the first rule broken.
     """
     checked_name = _name(name)
+    if not isinstance(members_authorised_only, bool):
+        raise ValidationError("members_authorised_only: true or false")
     method = _enum(AuthMethod, auth_method, field="auth_method")
     client_profile = _enum(ClientProfile, profile, field="profile")
     subject = _enum(SubjectType, subject_type, field="subject_type")
@@ -277,6 +281,7 @@ def validate_settings(
         "subject_type": subject,
         "sector_identifier": sector,
         "profile": client_profile,
+        "members_authorised_only": members_authorised_only,
     }
 
 
@@ -306,6 +311,7 @@ def create_client(
     post_logout_redirect_uris: Iterable[str] = (),
     backchannel_logout_uri: str | None = None,
     profile: str = "basic",
+    members_authorised_only: bool = False,
     actor: str = "operator:cli",
 ) -> tuple[Client, str | None]:
     """Register a relying party.
@@ -327,6 +333,7 @@ def create_client(
         post_logout_redirect_uris=post_logout_redirect_uris,
         backchannel_logout_uri=backchannel_logout_uri,
         profile=profile,
+        members_authorised_only=members_authorised_only,
     )
     secret = new_secret(CLIENT_SECRET_PREFIX) if settings["auth_method"] in SECRET_METHODS else None
     client = Client(
@@ -347,6 +354,7 @@ def create_client(
             "grant_types": client.grant_types,
             "scopes": client.scopes,
             "profile": client.profile.value,
+            "members_authorised_only": client.members_authorised_only,
         },
     )
     db.session.commit()
@@ -388,6 +396,7 @@ def _current_settings(client: Client) -> dict[str, Any]:
         "post_logout_redirect_uris": list(client.post_logout_redirect_uris),
         "backchannel_logout_uri": client.backchannel_logout_uri,
         "profile": client.profile,
+        "members_authorised_only": client.members_authorised_only,
     }
 
 
@@ -483,6 +492,7 @@ def client_as_dict(client: Client) -> dict[str, Any]:
         "id_token_alg": client.id_token_alg,
         "subject_type": client.subject_type.value,
         "sector_identifier": client.sector_identifier,
+        "members_authorised_only": client.members_authorised_only,
         "created_at": client.created_at.isoformat() if client.created_at else None,
         "updated_at": client.updated_at.isoformat() if client.updated_at else None,
     }

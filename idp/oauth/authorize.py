@@ -21,6 +21,8 @@ from idp.authn.models import LoginSession
 from idp.clients.models import Client
 from idp.consent import services as consent
 from idp.db import utcnow
+from idp.delegation import services as delegation
+from idp.delegation.services import AgentOption
 from idp.extensions import db
 from idp.oauth.claims import Principal, claims_param_scopes, parse_claims_request
 from idp.oauth.models import PendingAuthorization
@@ -57,6 +59,8 @@ class NeedCompany:
     client: Client
     options: list[tuple[Company, list[str]]] = field(default_factory=list)
     ui_locales: str | None = None
+    # "Agent X for client Y": act for a principal company as a member of an agent company.
+    agent_options: list[AgentOption] = field(default_factory=list)
 
 
 @dataclass
@@ -230,14 +234,19 @@ def hint_matches(pending: PendingAuthorization, session: LoginSession) -> bool:
 
 
 def active_companies(person: Person, client: Client) -> list[tuple[Company, list[str]]]:
-    """Companies ``person`` may act for at ``client``: active membership, company live."""
+    """Companies ``person`` may act for at ``client``: active membership, company live, and
+    for an "authorised members only" client a live e-service authorisation for it."""
     rows = db.session.execute(
         select(Company, Membership.roles)
         .join(Membership, Membership.company_id == Company.id)
         .where(Membership.person_id == person.id, Membership.status == "active")
         .order_by(Company.name_en)
     ).all()
-    return [(company, list(roles)) for company, roles in rows if company.is_active]
+    options = [(company, list(roles)) for company, roles in rows if company.is_active]
+    if client.members_authorised_only and options:
+        authorised = delegation.authorised_company_ids(person, client)
+        options = [o for o in options if o[0].id in authorised]
+    return options
 
 
 def resume(handle: str, session: LoginSession | None) -> Outcome:
@@ -264,19 +273,38 @@ def resume(handle: str, session: LoginSession | None) -> Outcome:
     person = db.session.get(Person, session.person_id)
     assert person is not None
     options = active_companies(person, client)
-    if not options:
+    agents = delegation.agent_options(person, client)
+    if not options and not agents:
+        if client.members_authorised_only:
+            return _fail(
+                AccessDeniedError,
+                "The person is not authorised to use this service for any company.",
+                pending,
+            )
         return _fail(AccessDeniedError, "The person does not act for any company.", pending)
-    chosen = None
-    if pending.company_id is not None:
+    chosen: tuple[Company, list[str]] | None = None
+    agent: Company | None = None
+    if pending.company_id is not None and pending.agent_company_id is not None:
+        found = next(
+            (
+                a
+                for a in agents
+                if a.principal.id == pending.company_id and a.agent.id == pending.agent_company_id
+            ),
+            None,
+        )
+        if found is not None:
+            chosen, agent = (found.principal, []), found.agent
+    elif pending.company_id is not None:
         chosen = next((o for o in options if o[0].id == pending.company_id), None)
-    elif len(options) == 1 and "select_account" not in prompts:
+    elif len(options) == 1 and not agents and "select_account" not in prompts:
         chosen = options[0]
     if chosen is None:
         if "none" in prompts:
             return _fail(
                 AccountSelectionRequiredError, "The person must choose a company.", pending
             )
-        return NeedCompany(handle, client, options, pending.params.get("ui_locales"))
+        return NeedCompany(handle, client, options, pending.params.get("ui_locales"), agents)
     company, roles = chosen
     scope = client.get_allowed_scope(pending.params.get("scope"))
     claims_request = parse_claims_request(pending.params.get("claims"))
@@ -289,11 +317,17 @@ def resume(handle: str, session: LoginSession | None) -> Outcome:
         if "none" in prompts:
             return _fail(ConsentRequiredError, "The person has not consented.", pending)
         return NeedConsent(handle, client, company, missing, pending.params.get("ui_locales"))
-    return _issue_code(pending, session, person, company, roles)
+    return _issue_code(pending, session, person, company, roles, agent)
 
 
-def choose_company(handle: str, session: LoginSession | None, company_id: int) -> Outcome:
-    """Record the company the person acts for (only one they may act for), then resume."""
+def choose_company(
+    handle: str,
+    session: LoginSession | None,
+    company_id: int,
+    agent_company_id: int | None = None,
+) -> Outcome:
+    """Record the company the person acts for (only one they may act for), directly or as a
+    member of ``agent_company_id`` under a third-party authorisation, then resume."""
     pending = find_pending(handle)
     client = db.session.get(Client, pending.client_id)
     if session is None or client is None:
@@ -301,9 +335,17 @@ def choose_company(handle: str, session: LoginSession | None, company_id: int) -
     person = db.session.get(Person, session.person_id)
     if person is None:
         return resume(handle, None)
-    if company_id not in {c.id for c, _ in active_companies(person, client)}:
+    if agent_company_id is None:
+        allowed = company_id in {c.id for c, _ in active_companies(person, client)}
+    else:
+        allowed = any(
+            a.principal.id == company_id and a.agent.id == agent_company_id
+            for a in delegation.agent_options(person, client)
+        )
+    if not allowed:
         raise AuthorizationPageError("access_denied", "You cannot act for that company.", 403)
     pending.company_id = company_id
+    pending.agent_company_id = agent_company_id
     db.session.commit()
     return resume(handle, session)
 
@@ -342,6 +384,7 @@ def _issue_code(
     person: Person,
     company: Company,
     roles: list[str],
+    agent: Company | None = None,
 ) -> ClientRedirect:
     server = _server()
     request = StoredOAuth2Request(pending.params, _request_uri())
@@ -356,6 +399,7 @@ def _issue_code(
         person=person,
         company=company,
         roles=roles,
+        agent=agent,
         sid=session.sid,
         auth_time=int(session.auth_time.timestamp()),
         acr=session.acr,

@@ -36,11 +36,17 @@ AMR_HARDWARE_KEY = ("hwk", "mfa")
 
 @dataclass
 class Principal:
-    """The person and the company a user token is for, and how they signed in."""
+    """The person and the company a user token is for, and how they signed in.
+
+    ``authorisations``: the person's live e-service roles for this client and company.
+    ``agent``: the company the person acts through under a third-party authorisation (then
+    ``roles`` is empty: they hold none in ``company``), announced by the ``act`` claim."""
 
     person: Person
     company: Company
     roles: list[str]
+    authorisations: list[str] = field(default_factory=list)
+    agent: Company | None = None
     grant_id: int | None = None
     gid: str | None = None
     sid: str | None = None
@@ -66,6 +72,17 @@ def _pairwise_salt() -> bytes:
         salt = derive_secret(current_app.config["IDP"], "pairwise")
         current_app.extensions["idp.pairwise_salt"] = salt
     return bytes(salt)
+
+
+def actor_claim(client: Client, principal: Principal) -> dict[str, Any]:
+    """The RFC 8693 §4.1 ``act`` claim of an agent's token: who is acting for the company the
+    token is about. ``{"sub": <the person's sub at this client>, "corp": {"br_number": <agent
+    company's BR number>, "name": <its English name>}}``."""
+    assert principal.agent is not None
+    return {
+        "sub": subject_for(client, principal.person),
+        "corp": {"br_number": principal.agent.br_number, "name": principal.agent.name_en},
+    }
 
 
 def parse_claims_request(raw: str | None) -> dict[str, Any] | None:
@@ -142,4 +159,10 @@ def user_claims(principal: Principal, client: Client, scope: str, target: str) -
                 "name": company.name_en,
                 "roles": sorted(principal.roles),
             }
+            if principal.authorisations:
+                # Present only when the person holds named e-service roles for this client.
+                claims["corp"]["authorisations"] = sorted(principal.authorisations)
+    if principal.agent is not None:
+        # Always: a relying party must know that someone acts for the company as its agent.
+        claims["act"] = actor_claim(client, principal)
     return claims

@@ -27,6 +27,7 @@ CLAIMS = (
     "email",
     "email_verified",
     "corp",
+    "act",
 )
 CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
 CLIENT_ASSERTION_ALGS = ("RS256", "PS256", "ES256", "EdDSA")

@@ -111,6 +111,7 @@ INTROSPECTED_CLAIMS = (
     "acr",
     "amr",
     "sid",
+    "act",
 )
 
 

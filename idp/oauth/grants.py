@@ -133,6 +133,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
                 client_id=request.client.id,
                 person_id=principal.person.id,
                 company_id=principal.company.id,
+                agent_company_id=principal.agent.id if principal.agent else None,
                 session_id=session_id,
                 redirect_uri=request.payload.redirect_uri,
                 scope=request.scope or "",
@@ -211,6 +212,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             acr=authorization_code.acr,
             amr=list(authorization_code.amr),
             claims_request=authorization_code.claims_request,
+            agent_company_id=authorization_code.agent_company_id,
         )
         principal = tokens.principal_for_grant(grant)
         if principal is None:

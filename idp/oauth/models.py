@@ -21,6 +21,10 @@ class AuthorizationCode(Base, AuthorizationCodeMixin):
     client_id: Mapped[int] = mapped_column(ForeignKey("clients.id", ondelete="CASCADE"), index=True)
     person_id: Mapped[int] = mapped_column(ForeignKey("people.id", ondelete="CASCADE"), index=True)
     company_id: Mapped[int] = mapped_column(ForeignKey("companies.id", ondelete="CASCADE"))
+    # The company the person acts through under a third-party authorisation (None: their own).
+    agent_company_id: Mapped[int | None] = mapped_column(
+        ForeignKey("companies.id", ondelete="CASCADE")
+    )
     session_id: Mapped[int | None] = mapped_column(
         ForeignKey("login_sessions.id", ondelete="SET NULL")
     )
@@ -74,6 +78,11 @@ class Grant(Base):
     client_id: Mapped[int] = mapped_column(ForeignKey("clients.id", ondelete="CASCADE"), index=True)
     person_id: Mapped[int] = mapped_column(ForeignKey("people.id", ondelete="CASCADE"), index=True)
     company_id: Mapped[int] = mapped_column(
+        ForeignKey("companies.id", ondelete="CASCADE"), index=True
+    )
+    # Set when the person acts for ``company_id`` as a member of this agent company (a
+    # third-party authorisation); tokens then carry an ``act`` claim.
+    agent_company_id: Mapped[int | None] = mapped_column(
         ForeignKey("companies.id", ondelete="CASCADE"), index=True
     )
     session_id: Mapped[int | None] = mapped_column(
@@ -149,6 +158,10 @@ class PendingAuthorization(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[dt.datetime] = mapped_column(index=True)
     company_id: Mapped[int | None] = mapped_column(ForeignKey("companies.id", ondelete="CASCADE"))
+    # The agent company chosen with company_id ("B for A"), if any.
+    agent_company_id: Mapped[int | None] = mapped_column(
+        ForeignKey("companies.id", ondelete="CASCADE")
+    )
     consented_at: Mapped[dt.datetime | None]
     completed_at: Mapped[dt.datetime | None]
 

@@ -19,13 +19,15 @@ from typing import Any
 from flask import current_app
 from sqlalchemy import bindparam, exists, literal, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import aliased
 
 from idp.audit.services import record
 from idp.clients.models import Client
 from idp.db import new_public_id, utcnow
+from idp.delegation.models import ThirdPartyAuthorisation
 from idp.extensions import db
 from idp.keys import jws
-from idp.oauth.claims import Principal, subject_for
+from idp.oauth.claims import Principal, actor_claim, subject_for
 from idp.oauth.models import Grant, RefreshToken, RevokedAccessToken
 from idp.orgs.models import (
     Company,
@@ -75,6 +77,9 @@ def issue_access_token(
             claims["amr"] = principal.amr
         if principal.sid:
             claims["sid"] = principal.sid
+        if principal.agent is not None:
+            # Also what tells the liveness check to apply the third-party rules.
+            claims["act"] = actor_claim(client, principal)
     token = jws.sign(claims, alg=_cfg("ACCESS_TOKEN_ALG"), typ=ACCESS_TOKEN_TYP)
     return token, ttl
 
@@ -91,13 +96,16 @@ def create_grant(
     acr: str | None,
     amr: list[str],
     claims_request: dict[str, Any] | None,
+    agent_company_id: int | None = None,
 ) -> Grant:
-    """Start a token family for one authorization (flushed, not committed)."""
+    """Start a token family for one authorization (flushed, not committed); with
+    ``agent_company_id`` the person acts for ``company`` as a member of that agent company."""
     grant = Grant(
         gid=new_public_id(),
         client_id=client.id,
         person_id=person.id,
         company_id=company.id,
+        agent_company_id=agent_company_id,
         session_id=session_id,
         security_key_id=security_key_id,
         scope=scope,
@@ -123,18 +131,40 @@ def new_refresh_token(grant: Grant) -> str:
 
 def principal_for_grant(grant: Grant) -> Principal | None:
     """Rebuild the principal of a grant, or None if the person, company or membership is no
-    longer active (their tokens must not be refreshed)."""
+    longer active (their tokens must not be refreshed), nor the e-service authorisation a
+    members-only client needs, nor the third-party authorisation of an agent's grant."""
+    from idp.delegation import services as delegation
+
     person = db.session.get(Person, grant.person_id)
     company = db.session.get(Company, grant.company_id)
+    client = db.session.get(Client, grant.client_id)
     if person is None or company is None or not person.is_active or not company.is_active:
         return None
+    if client is None:
+        return None
+    agent = None
+    # An agent acts through their membership of the agent company, not of the principal.
+    member_of = grant.company_id
+    if grant.agent_company_id is not None:
+        agent = db.session.get(Company, grant.agent_company_id)
+        if agent is None or not delegation.agent_may_act(
+            person.id, company.id, agent.id, client.id
+        ):
+            return None
+        member_of = agent.id
     membership = db.session.scalars(
         select(Membership).where(
-            Membership.person_id == person.id, Membership.company_id == company.id
+            Membership.person_id == person.id, Membership.company_id == member_of
         )
     ).first()
     if membership is None or not membership.is_active:
         return None
+    authorisations: list[str] = []
+    if agent is None:
+        held = delegation.eservice_roles(person.id, company.id, client.id)
+        if held is None and client.members_authorised_only:
+            return None
+        authorisations = held or []
     from idp.authn.models import LoginSession
 
     sid = None
@@ -144,7 +174,10 @@ def principal_for_grant(grant: Grant) -> Principal | None:
     return Principal(
         person=person,
         company=company,
-        roles=list(membership.roles),
+        # An agent holds no roles in the principal company.
+        roles=[] if agent is not None else list(membership.roles),
+        authorisations=authorisations,
+        agent=agent,
         grant_id=grant.id,
         gid=grant.gid,
         sid=sid,
@@ -245,14 +278,16 @@ def revoke_grants(
     client_id: int | None = None,
     session_id: int | None = None,
     security_key_id: int | None = None,
+    agent_company_id: int | None = None,
 ) -> int:
     """Revoke every live grant matching all the given filters (the caller commits).
 
-    Used when a person, security key, session, membership or consent ends."""
+    Used when a person, security key, session, membership, consent or authorisation ends."""
     filters: list[Any] = [Grant.revoked_at.is_(None)]
     for column, value in (
         (Grant.person_id, person_id),
         (Grant.company_id, company_id),
+        (Grant.agent_company_id, agent_company_id),
         (Grant.client_id, client_id),
         (Grant.session_id, session_id),
         (Grant.security_key_id, security_key_id),
@@ -306,8 +341,7 @@ def _liveness_statements() -> tuple[Any, Any]:
         .join(Company, Company.id == Grant.company_id)
         .join(
             Membership,
-            (Membership.person_id == Grant.person_id)
-            & (Membership.company_id == Grant.company_id),
+            (Membership.person_id == Grant.person_id) & (Membership.company_id == Grant.company_id),
         )
         .where(
             Grant.gid == bindparam("gid"),
@@ -331,6 +365,8 @@ def is_access_token_live(claims: dict[str, Any]) -> bool:
     gid = claims.get("gid")
     if not isinstance(jti, str):
         return False
+    if "act" in claims:
+        return _agent_token_live(jti, gid)
     params: dict[str, Any]
     if gid is None:
         statement, params = _LIVENESS[0], {"jti": jti}
@@ -341,6 +377,57 @@ def is_access_token_live(claims: dict[str, Any]) -> bool:
     # One autocommit round trip with a Core statement: no transaction, no ORM on this hot path.
     with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         row = connection.execute(statement, params).one()
+    return (not row[0]) and row[1] is not None
+
+
+def _agent_liveness_statement() -> Any:
+    """Liveness of a token an agent holds (built once, values bound per call): the ordinary
+    checks, with the person's membership read in the agent company, plus the agent company's
+    status and a live third-party authorisation for the grant's client."""
+    principal, agent = aliased(Company), aliased(Company)
+    revoked = exists().where(RevokedAccessToken.jti == bindparam("jti"))
+    now: Any = bindparam("now")
+    grant_live = (
+        select(Grant.id)
+        .join(Person, Person.id == Grant.person_id)
+        .join(principal, principal.id == Grant.company_id)
+        .join(agent, agent.id == Grant.agent_company_id)
+        .join(
+            Membership,
+            (Membership.person_id == Grant.person_id)
+            & (Membership.company_id == Grant.agent_company_id),
+        )
+        .join(
+            ThirdPartyAuthorisation,
+            (ThirdPartyAuthorisation.principal_company_id == Grant.company_id)
+            & (ThirdPartyAuthorisation.agent_company_id == Grant.agent_company_id)
+            & (ThirdPartyAuthorisation.client_id == Grant.client_id),
+        )
+        .where(
+            Grant.gid == bindparam("gid"),
+            Grant.revoked_at.is_(None),
+            Grant.expires_at > now,
+            Person.status == PersonStatus.ACTIVE,
+            Membership.status == MembershipStatus.ACTIVE,
+            principal.status.in_((CompanyStatus.LIVE, CompanyStatus.DORMANT)),
+            agent.status.in_((CompanyStatus.LIVE, CompanyStatus.DORMANT)),
+            ThirdPartyAuthorisation.revoked_at.is_(None),
+            ThirdPartyAuthorisation.expires_at > now,
+        )
+        .limit(1)
+        .scalar_subquery()
+    )
+    return select(revoked, grant_live)
+
+
+_AGENT_LIVENESS = _agent_liveness_statement()
+
+
+def _agent_token_live(jti: str, gid: object) -> bool:
+    if not isinstance(gid, str):
+        return False
+    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        row = connection.execute(_AGENT_LIVENESS, {"jti": jti, "gid": gid, "now": utcnow()}).one()
     return (not row[0]) and row[1] is not None
 
 

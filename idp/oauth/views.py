@@ -66,10 +66,13 @@ def authorize_continue() -> Response:
 def authorize_company() -> Response:
     try:
         handle = _bound_handle(request.form.get("h"))
-        raw = request.form.get("company", "")
-        if not raw.isdigit():
+        # "<company id>" or, acting as an agent, "<company id>.<agent company id>".
+        company, _, agent = request.form.get("company", "").partition(".")
+        if not _is_id(company) or (agent and not _is_id(agent)):
             raise flow.AuthorizationPageError("invalid_request", "Choose a company.")
-        outcome = flow.choose_company(handle, current_login_session(), int(raw))
+        outcome = flow.choose_company(
+            handle, current_login_session(), int(company), int(agent) if agent else None
+        )
         return _render(outcome, after_post=True)
     except flow.AuthorizationPageError as exc:
         return page_error(exc.status, _title(exc.error), exc.description)
@@ -88,6 +91,10 @@ def authorize_consent() -> Response:
         return _render(outcome, after_post=True)
     except flow.AuthorizationPageError as exc:
         return page_error(exc.status, _title(exc.error), exc.description)
+
+
+def _is_id(value: str) -> bool:
+    return 0 < len(value) <= 18 and value.isascii() and value.isdigit()
 
 
 def _title(error: str) -> str:
