@@ -70,6 +70,8 @@ DEFAULTS: dict[str, Any] = {
     "WEBAUTHN_RP_NAME": "Corp ID",
     # Seconds a WebAuthn challenge (enrolment or sign-in) stays valid; single-use either way.
     "WEBAUTHN_CHALLENGE_TTL": 300,
+    # Milliseconds the browser waits for the security key (the ceremony's timeout option).
+    "WEBAUTHN_TIMEOUT_MS": 120_000,
     # Failed sign-ins allowed per source address per minute before 429 (0 disables).
     "LOGIN_FAILURES_PER_SOURCE_PER_MINUTE": 30,
     # Failed sign-ins allowed against one person per minute before 429 (0 disables).
@@ -159,6 +161,11 @@ def validate_config(config: dict[str, Any]) -> None:
         raise ValueError("IDP_WEBAUTHN_RP_ID must be the issuer's host or a suffix of it")
     if not 30 <= int(config.get("WEBAUTHN_CHALLENGE_TTL", 300)) <= 600:
         raise ValueError("IDP_WEBAUTHN_CHALLENGE_TTL must be between 30 and 600 seconds")
+    timeout_ms = int(config.get("WEBAUTHN_TIMEOUT_MS", 120_000))
+    if not 1_000 <= timeout_ms <= int(config.get("WEBAUTHN_CHALLENGE_TTL", 300)) * 1000:
+        raise ValueError(
+            "IDP_WEBAUTHN_TIMEOUT_MS must be at least 1000 and no longer than the challenge lives"
+        )
     _validate_attestation(config)
 
 

@@ -3,7 +3,14 @@
  * No inline script (CSP): the page describes the ceremony with data-* attributes on
  * #webauthn: data-mode ("login" or "enrol"), data-options, data-verify (URLs), data-csrf,
  * data-handle (sign-in: the pending authorization). Messages live in the page, in its
- * language, as elements with data-message="..." (hidden until needed).
+ * language, as elements with data-message="..." (hidden until needed); after a failed attempt
+ * the button takes the label of [data-label="try-again"].
+ *
+ * Browsers answer NotAllowedError both when the person cancels and when the ceremony's
+ * timeout (the server's IDP_WEBAUTHN_TIMEOUT_MS) ends with no key used: the time it took tells
+ * them apart, so "nothing answered in time" (often: no key plugged in) gets its own message.
+ * Some browsers keep their own dialog open past the timeout (headless Chromium with no key
+ * never answers): a little after it, the page aborts the request itself rather than hang.
  */
 (function () {
   "use strict";
@@ -74,6 +81,7 @@
   var status = document.getElementById("webauthn-status");
   var button = document.getElementById("webauthn-start");
   var form = document.getElementById("webauthn-form");
+  var retryLabel = root.querySelector('[data-label="try-again"]');
 
   function say(kind, detail) {
     var template = root.querySelector('[data-message="' + kind + '"]') ||
@@ -125,13 +133,26 @@
     }
     var enrol = root.dataset.mode === "enrol";
     var body = fields();
+    var started = 0;
+    var waitMs = 0;
+    var guard = 0;
+    var controller = window.AbortController ? new AbortController() : null;
     button.disabled = true;
     say("waiting");
     post(root.dataset.options, body).then(function (options) {
       var publicKey = enrol ? creationOptions(options.publicKey) : requestOptions(options.publicKey);
-      return enrol ? navigator.credentials.create({ publicKey: publicKey })
-                   : navigator.credentials.get({ publicKey: publicKey });
+      waitMs = Number(options.publicKey.timeout) || 0;
+      started = Date.now();
+      var request = { publicKey: publicKey };
+      if (controller && waitMs) {
+        request.signal = controller.signal;
+        // Chromium stretches short timeouts to 10 s; give the browser its chance first.
+        guard = window.setTimeout(function () { controller.abort(); },
+                                  Math.max(waitMs, 10000) + 5000);
+      }
+      return enrol ? navigator.credentials.create(request) : navigator.credentials.get(request);
     }).then(function (credential) {
+      window.clearTimeout(guard);
       if (!credential) { throw Object.assign(new Error("no credential"), { name: "NotAllowedError" }); }
       body.credential = credentialJSON(credential);
       say("checking");
@@ -140,11 +161,16 @@
       say("done");
       window.location.assign(result.next);
     }).catch(function (error) {
+      window.clearTimeout(guard);
       button.disabled = false;
+      if (retryLabel) { button.textContent = retryLabel.textContent; }
       if (error.server) {
         say(error.status === 429 ? "slow-down" : "refused", error.message);
-      } else if (error.name === "NotAllowedError") {
-        say("cancelled");
+      } else if (error.name === "NotAllowedError" || error.name === "AbortError") {
+        // Browsers may stretch a short timeout (Chromium waits at least 10 s): "at least
+        // most of the timeout" is what ran out of time.
+        var timedOut = started && waitMs && Date.now() - started >= 0.9 * waitMs;
+        say(timedOut ? "timeout" : "cancelled");
       } else if (error.name === "InvalidStateError") {
         say("already-registered");
       } else if (error.name === "SecurityError") {

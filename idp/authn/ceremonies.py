@@ -80,6 +80,11 @@ def _ttl() -> int:
     return int(_cfg().get("WEBAUTHN_CHALLENGE_TTL", 300))
 
 
+def _timeout_ms() -> int:
+    """How long the browser waits for the key; the page says what to do when it ends."""
+    return int(_cfg().get("WEBAUTHN_TIMEOUT_MS", 120_000))
+
+
 def new_binding() -> str:
     """A fresh browser-binding secret for a view to keep in the Flask session."""
     return secrets.token_urlsafe(32)
@@ -232,7 +237,7 @@ def begin_enrolment(
         user_display_name=shown,
         challenge=challenge,
         exclude_credentials=exclude,
-        timeout_ms=_ttl() * 1000,
+        timeout_ms=_timeout_ms(),
     )
 
 
@@ -419,7 +424,7 @@ def begin_login(*, binding: str, scope: str, login_hint: str | None = None) -> d
         rp_id=rp_id(),
         challenge=challenge,
         allow_credentials=[_descriptor(k) for k in keys],
-        timeout_ms=_ttl() * 1000,
+        timeout_ms=_timeout_ms(),
     )
 
 

@@ -279,8 +279,7 @@ def new_tab(chromium: Any, live: Live) -> Iterator[Callable[..., Tab]]:
 
         def on_console(msg: Any) -> None:
             source = (msg.location or {}).get("url", "")
-            # Browsers ask for /favicon.ico by themselves; the pages declare no icon.
-            if msg.type == "error" and not source.endswith("/favicon.ico"):
+            if msg.type == "error":
                 tab.problems.append(f"console {msg.type}: {msg.text} @ {source or page.url}")
 
         page.on("console", on_console)

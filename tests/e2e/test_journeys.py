@@ -183,7 +183,7 @@ def test_login_without_a_usable_key_says_so(
     start_demo_login(live, tab)
     sign_in_with_key(tab)
     expect(tab.page.locator("#webauthn-status")).to_contain_text(NO_KEY_MESSAGE)
-    expect(tab.page.get_by_role("button", name="Sign in")).to_be_enabled()
+    expect(tab.page.get_by_role("button", name="Try again")).to_be_enabled()
 
 
 def test_enrolment_without_user_verification_says_so(

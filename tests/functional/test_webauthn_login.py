@@ -119,6 +119,18 @@ def test_usernameless_options(holder: KeyHolder, login_page: Callable[..., Any])
     assert options["allowCredentials"] == []
     assert options["userVerification"] == "required"
     assert options["rpId"] == "127.0.0.1"
+    assert options["timeout"] == 120_000
+
+
+def test_options_timeout_follows_the_setting(holder: KeyHolder, ctx: Live,
+                                             login_page: Callable[..., Any]) -> None:
+    ctx.config()["WEBAUTHN_TIMEOUT_MS"] = 5_000
+    try:
+        b, page = login_page()
+        _, answer = ceremony.options(b.http, page)
+        assert answer.json()["publicKey"]["timeout"] == 5_000
+    finally:
+        ctx.config()["WEBAUTHN_TIMEOUT_MS"] = 120_000
 
 
 def test_login_hint_lists_the_persons_keys_and_only_those_pass(
