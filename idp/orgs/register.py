@@ -188,9 +188,10 @@ def _end_company_access(company_id: int, *, reason: str, actor: str) -> dict[str
             LoginSession.id.in_(session_ids), LoginSession.ended_at.is_(None)
         )
     ).all()
+    grants = 0
     for session in sessions:
         session.ended_at = now
-        tokens.revoke_grants(reason=reason, actor=actor, session_id=session.id)
+        grants += tokens.revoke_grants(reason=reason, actor=actor, session_id=session.id)
         backchannel.queue_for_session(session)
         record(
             "authn:session:end",
@@ -199,7 +200,7 @@ def _end_company_access(company_id: int, *, reason: str, actor: str) -> dict[str
             company_id=company_id,
             details={"reason": reason},
         )
-    grants = tokens.revoke_grants(reason=reason, actor=actor, company_id=company_id)
+    grants += tokens.revoke_grants(reason=reason, actor=actor, company_id=company_id)
     consents = db.session.execute(
         update(Consent)
         .where(Consent.company_id == company_id, Consent.revoked_at.is_(None))
@@ -662,11 +663,12 @@ class _Writer:
         }
         now = utcnow()
         _upsert_companies([{**r.company, "updated_at": now} for r in rows])
-        ids = dict(
-            db.session.execute(
+        ids = {
+            br: id_
+            for br, id_ in db.session.execute(
                 select(Company.br_number, Company.id).where(Company.br_number.in_(brs))
-            ).tuples()
-        )
+            )
+        }
         _replace_officers(
             list(ids.values()),
             [{**o, "company_id": ids[r.company["br_number"]]} for r in rows for o in r.officers],
