@@ -545,6 +545,39 @@ def org_invite(br_number: str, email: str, roles: tuple[str, ...], as_json: bool
     )
 
 
+# --- operators --------------------------------------------------------------------------------
+
+
+@cli.group(cls=IdpGroup)
+def operator() -> None:
+    """Operators: the people who run Corp ID from the operator console."""
+
+
+@operator.command("create")
+@click.option("--email", required=True, help="Address of the new operator.")
+@json_option
+@with_app
+def operator_create(email: str, as_json: bool) -> None:
+    """Invite a new operator; prints the single-use link that enrols their security key."""
+    from idp.admin import services as admin
+
+    invitation, token = admin.create_operator_invitation(email=email, created_by=ACTOR)
+    url = admin.operator_enrol_url(token)
+    emit(
+        {
+            "email": invitation.email,
+            "enrol_url": url,
+            "expires_at": invitation.expires_at.isoformat(),
+        },
+        as_json,
+        [
+            f"operator invitation for {invitation.email} (single use, expires "
+            f"{invitation.expires_at:%Y-%m-%d %H:%M} UTC):",
+            url,
+        ],
+    )
+
+
 # --- signing keys -----------------------------------------------------------------------------
 
 

@@ -24,9 +24,7 @@ class Operator(Base):
     __tablename__ = "operators"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    person_id: Mapped[int] = mapped_column(
-        ForeignKey("people.id", ondelete="CASCADE"), unique=True
-    )
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id", ondelete="CASCADE"), unique=True)
     status: Mapped[OperatorStatus] = mapped_column(
         str_enum(OperatorStatus, "operator_status"), default=OperatorStatus.ACTIVE
     )

@@ -36,8 +36,10 @@ def init_oauth(app: Flask) -> None:
     authorization.register_token_generator("default", generate_token)
     authorization.register_client_auth_method(PrivateKeyJWT.CLIENT_AUTH_METHOD, PrivateKeyJWT())
 
+    from idp.admin.views import bp as admin_bp
     from idp.authn.views import bp as authn_bp
     from idp.oauth.views import bp
 
     app.register_blueprint(bp)
     app.register_blueprint(authn_bp)
+    app.register_blueprint(admin_bp)
