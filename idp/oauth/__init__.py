@@ -39,7 +39,9 @@ def init_oauth(app: Flask) -> None:
     from idp.admin.views import bp as admin_bp
     from idp.authn.views import bp as authn_bp
     from idp.oauth.views import bp
+    from idp.orgs.views import bp as orgs_bp
 
     app.register_blueprint(bp)
     app.register_blueprint(authn_bp)
     app.register_blueprint(admin_bp)
+    app.register_blueprint(orgs_bp)
