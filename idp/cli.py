@@ -687,3 +687,102 @@ def purge(as_json: bool) -> None:
 
     counts = tokens.purge_expired()
     emit(counts, as_json, [f"{name}: {count} deleted" for name, count in counts.items()])
+
+
+# --- company register -------------------------------------------------------------------------
+
+
+@cli.group(cls=IdpGroup)
+def companies() -> None:
+    """The company register: import it from CSV, search it."""
+
+
+@companies.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, readable=True))
+@click.option("--resume", is_flag=True, help="Continue the last unfinished run of this file.")
+@click.option(
+    "--rejects",
+    "rejects_path",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Where to write rejected rows [default: FILE.rejects.csv beside FILE].",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 20_000),
+    default=2000,
+    show_default=True,
+    help="Records per transaction.",
+)
+@json_option
+@with_app
+def companies_import(
+    file: str, resume: bool, rejects_path: str | None, batch_size: int, as_json: bool
+) -> None:
+    """Load the company register from FILE.csv: upsert by BR number, in batches.
+
+    Columns (header row, any order): br_number, name_en, name_zh, status, address,
+    incorporated_on, company_type, officers, source, as_of. Bad rows are reported in the rejects
+    file and never stop the import; a failed batch is rolled back whole and --resume continues.
+    """
+    import sys
+
+    from idp.orgs import register
+
+    def run(progress: Callable[[int], None] | None) -> register.ImportResult:
+        return register.import_register(
+            file,
+            actor=ACTOR,
+            rejects_path=rejects_path,
+            resume=resume,
+            batch_size=batch_size,
+            progress=progress,
+        )
+
+    if as_json:
+        result = run(None)
+    else:
+        with click.progressbar(
+            length=os.path.getsize(file), label="importing", file=sys.stderr, show_pos=False
+        ) as bar:
+            result = run(bar.update)
+    data = result.as_dict()
+    lines = [
+        f"records: {result.records} (inserted {result.inserted}, updated {result.updated}, "
+        f"rejected {result.rejected}) in {result.seconds:.1f} s",
+        f"status changes: {result.status_changes} "
+        f"({result.companies_ended} companies deregistered or dissolved)",
+        f"rejected rows: {result.rejects_file}",
+    ]
+    if result.resumed_from_record:
+        lines.insert(0, f"resumed after record {result.resumed_from_record}")
+    if result.ignored_columns:
+        lines.append(f"ignored columns: {', '.join(result.ignored_columns)}")
+    emit(data, as_json, lines)
+
+
+@companies.command("search")
+@click.argument("query")
+@click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True)
+@click.option("--after", help="BR number of the last company of the previous page.")
+@json_option
+@with_app
+def companies_search(query: str, limit: int, after: str | None, as_json: bool) -> None:
+    """Find companies by BR number (8 digits) or by English or Chinese name prefix."""
+    from idp.orgs import register
+
+    found = register.search_companies(query, limit=limit, after=after)
+    rows = [
+        {
+            "br_number": c.br_number,
+            "name_en": c.name_en,
+            "name_zh": c.name_zh,
+            "status": c.status.value,
+        }
+        for c in found
+    ]
+    lines = [
+        f"{r['br_number']}  {r['status']:<12} {r['name_en']}"
+        + (f"  {r['name_zh']}" if r["name_zh"] else "")
+        for r in rows
+    ]
+    emit(rows, as_json, lines or ["no companies found"])

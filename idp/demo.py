@@ -5,18 +5,21 @@ Used by ``idp demo`` only; everything here goes through the domain services.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from idp.clients import services as clients
 from idp.clients.models import Client
 from idp.errors import NotFoundError
 from idp.extensions import db
+from idp.orgs import register
 from idp.orgs import services as orgs
-from idp.orgs.models import Role
+from idp.orgs.models import Company, Role
 
 DEMO_BR_NUMBER = "12345678"
 DEMO_COMPANY_NAME = "Demo Trading Limited"
@@ -26,6 +29,8 @@ DEMO_CLIENT_NAME = "Corp ID demo relying party"
 DEMO_RP_PATH = "/demo-rp"
 DEMO_SCOPE = "openid profile email corp"
 ACTOR = "operator:demo"
+# Fifty fictional companies (the demo company among them), imported when the register is empty.
+SAMPLE_REGISTER = Path(__file__).parent / "orgs" / "data" / "sample_register.csv"
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,7 @@ class DemoSeed:
     client_created: bool
     redirect_uris: tuple[str, ...]
     demo_rp_url: str
+    register_imported: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -49,6 +55,7 @@ class DemoSeed:
             "client_created": self.client_created,
             "redirect_uris": list(self.redirect_uris),
             "demo_rp_url": self.demo_rp_url,
+            "register_imported": self.register_imported,
         }
 
 
@@ -74,11 +81,18 @@ def seed_demo() -> DemoSeed:
     hashed, so an earlier link cannot be shown again); ``invite_url`` is None once an admin has
     enrolled. The demo client is public (PKCE, no secret), so it can be shown on every run; its
     redirect URI is the demo relying party's callback under the current issuer, added to an
-    existing registration when the issuer changed (another ``--port``).
+    existing registration when the issuer changed (another ``--port``). An empty register is
+    first filled with the sample register (``SAMPLE_REGISTER``, which holds the demo company).
     """
+    imported = 0
+    if not db.session.scalar(select(func.count()).select_from(Company)):
+        # The sample is clean: its (empty) rejects report is not kept.
+        imported = register.import_register(
+            SAMPLE_REGISTER, actor=ACTOR, rejects_path=os.devnull
+        ).inserted
     try:
         company = orgs.get_company_by_br(DEMO_BR_NUMBER)
-        company_created = False
+        company_created = imported > 0
         token: str | None = None
         if not orgs.has_admin(company):
             _, token = orgs.create_invitation(
@@ -125,4 +139,5 @@ def seed_demo() -> DemoSeed:
         client_created=client_created,
         redirect_uris=tuple(client.redirect_uris),
         demo_rp_url=home,
+        register_imported=imported,
     )
