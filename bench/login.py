@@ -160,6 +160,17 @@ def db_exists() -> bool:
                             (PG_DB,)).fetchone() is not None
 
 
+def schema_mark() -> str:
+    """A fingerprint of the (one, regenerated) migration: a database seeded under another
+    schema is seeded again rather than reused."""
+    text = b"".join(p.read_bytes() for p in sorted((ROOT / "migrations" / "versions").glob("*.py")))
+    return hashlib.sha256(text).hexdigest()[:8]
+
+
+def client_name(journey: str, people: int, seed: str) -> str:
+    return f"{CLIENT_NAMES[journey]} {people}/{seed}/{schema_mark()}"
+
+
 def seeded_clients(backend: LoginBackend, people: int, seed: str) -> dict[str, str] | None:
     """The bench clients' ids when the database holds this seed's ``people``, else None."""
     from sqlalchemy import func, select
@@ -170,7 +181,7 @@ def seeded_clients(backend: LoginBackend, people: int, seed: str) -> dict[str, s
 
     with backend.app.app_context():
         try:
-            names = {f"{CLIENT_NAMES[j]} {people}/{seed}": j for j in CLIENT_NAMES}
+            names = {client_name(j, people, seed): j for j in CLIENT_NAMES}
             rows = db.session.execute(select(Client.name, Client.client_id)
                                       .where(Client.name.in_(list(names)))).all()
             count = db.session.scalar(select(func.count()).select_from(Person))
@@ -191,14 +202,15 @@ def seed_database(backend: LoginBackend, people: int, per_company: int,
     the per-row services are for correctness, not for loading 100,000 people)."""
     from idp.clients.services import create_client
     from idp.extensions import db
+    from idp.orgs.models import name_key
 
     how = common.create_schema(backend)
     log(f"schema by {how}")
     clients = {}
     with backend.app.app_context():
-        for journey, name in CLIENT_NAMES.items():
+        for journey in CLIENT_NAMES:
             client, _ = create_client(
-                name=f"{name} {people}/{seed}", redirect_uris=[REDIRECT_URI], auth_method="none",
+                name=client_name(journey, people, seed), redirect_uris=[REDIRECT_URI], auth_method="none",
                 grant_types=["authorization_code"], scopes=SCOPE.split(), actor="operator:bench")
             clients[journey] = client.client_id
             if journey == "returning":
@@ -214,11 +226,12 @@ def seed_database(backend: LoginBackend, people: int, per_company: int,
     granted = " ".join(sorted(s for s in SCOPE.split() if s != "openid"))
     with psycopg.connect(PG_SA_URL.replace("+psycopg", "")) as conn:
         with conn.cursor() as cur:
-            with cur.copy("COPY companies (id, br_number, name_en, name_zh, status, created_at) "
-                          "FROM STDIN") as copy:
+            with cur.copy("COPY companies (id, br_number, name_en, name_key, status, "
+                          "created_at) FROM STDIN") as copy:
                 for c in range(1, companies + 1):
-                    copy.write_row((c, f"{50_000_000 + c:08d}", f"Bench Trading {c} Limited",
-                                    None, "live", now))
+                    name = f"Bench Trading {c} Limited"
+                    copy.write_row((c, f"{50_000_000 + c:08d}", name, name_key(name), "live",
+                                    now))
             with cur.copy("COPY people (id, subject, display_name, email, status, created_at) "
                           "FROM STDIN") as copy:
                 for i in range(1, people + 1):
