@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, current_app, json, render_template, request, session, url_for
 
@@ -14,6 +14,9 @@ from idp.authn.services import find_session
 from idp.errors import IdpError, ValidationError, api_view, page_error
 from idp.orgs import services as orgs
 from idp.orgs.models import Person
+
+if TYPE_CHECKING:
+    from idp.oauth.models import PendingAuthorization
 
 bp = Blueprint("authn", __name__)
 
@@ -81,8 +84,9 @@ def _body() -> dict[str, Any]:
     return body
 
 
-def _pending_handle(handle: object) -> str:
-    """A pending authorization this browser started and that is still live."""
+def _pending_handle(handle: object) -> tuple[str, PendingAuthorization]:
+    """A pending authorization this browser started and that is still live: ``(handle,
+    pending)``, the row read once per request."""
     from idp.oauth import authorize as flow
     from idp.oauth.views import PENDING_SESSION_KEY
 
@@ -92,10 +96,10 @@ def _pending_handle(handle: object) -> str:
             "Start again from the site you came from."
         )
     try:
-        flow.find_pending(handle)
+        pending = flow.find_pending(handle)
     except flow.AuthorizationPageError as exc:
         raise ValidationError(exc.description) from None
-    return handle
+    return handle, pending
 
 
 def _limit_enrolment() -> None:
@@ -113,7 +117,7 @@ def _limit_enrolment() -> None:
 def login() -> Response:
     """The hardware-key sign-in page for a pending authorization (from ``/authorize``)."""
     try:
-        handle = _pending_handle(request.args.get("h"))
+        handle, _ = _pending_handle(request.args.get("h"))
     except ValidationError as exc:
         return page_error(400, "Invalid request", exc.message)
     _binding()
@@ -124,10 +128,7 @@ def login() -> Response:
 @api_view
 def login_options() -> Response:
     """PublicKeyCredentialRequestOptions for the pending authorization ``h``."""
-    from idp.oauth import authorize as flow
-
-    handle = _pending_handle(_body().get("h"))
-    pending = flow.find_pending(handle)
+    handle, pending = _pending_handle(_body().get("h"))
     hint = pending.params.get("login_hint")
     options = ceremonies.begin_login(
         binding=_binding(),
@@ -142,7 +143,7 @@ def login_options() -> Response:
 def login_verify() -> Response:
     """Verify the assertion; on success renew the session cookie and continue the authorization."""
     body = _body()
-    handle = _pending_handle(body.get("h"))
+    handle, _ = _pending_handle(body.get("h"))
     done = ceremonies.finish_login(
         credential=body.get("credential"),
         binding=_binding(),
