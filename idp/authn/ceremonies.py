@@ -143,6 +143,9 @@ def _claim_challenge(
         .values(used_at=now)
         .execution_options(synchronize_session=False)
     )
+    # Detached with what was read, so the commit does not expire it (no second SELECT when
+    # the caller reads ``data``).
+    db.session.expunge(row)
     db.session.commit()
     if getattr(claimed, "rowcount", 0) != 1:
         raise refused
@@ -524,8 +527,8 @@ def _finish_login(
         origin=origin,
         details={"sign_count": new},
     )
-    db.session.commit()
-    db.session.refresh(key)
+    # The counter, its audit event and the new session are committed together by
+    # start_session (nothing read in between goes stale: no reload of the key or person).
     session, secret = start_session(
         person=person,
         security_key_id=key.id,
