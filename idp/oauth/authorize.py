@@ -407,6 +407,6 @@ def _issue_code(
         claims_request=parse_claims_request(pending.params.get("claims")),
     )
     pending.completed_at = utcnow()
+    mode = pending.params.get("response_mode") or "query"  # read before the code's commit
     _, params, _ = grant.create_authorization_response(redirect_uri, principal)
-    mode = pending.params.get("response_mode") or "query"
     return ClientRedirect(redirect_uri, list(params), mode)
