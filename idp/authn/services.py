@@ -78,7 +78,9 @@ def find_session(secret: str | None) -> LoginSession | None:
     idle = dt.timedelta(seconds=int(current_app.config["IDP"]["SESSION_IDLE_TTL"]))
     if session.expires_at <= now or session.last_seen_at + idle <= now:
         return None
-    person = db.session.get(Person, session.person_id)
+    # Through the relationship: the session keeps the person loaded for the rest of the
+    # request (the identity map alone holds objects weakly, so a later get would read again).
+    person = session.person
     if person is None or not person.is_active:
         return None
     if now - session.last_seen_at > dt.timedelta(minutes=1):
