@@ -47,9 +47,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
-from sqlalchemy import delete, insert, or_, select, update
+from sqlalchemy import Table, delete, insert, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from idp.audit.services import Origin, record
@@ -323,31 +323,37 @@ def _date(value: str, *, field: str, today: dt.date) -> dt.date | None:
     return parsed
 
 
+def _officer_name(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _Reject("bad_officers", "officers: names must be text")
+    return _text(value.strip(), field="officers", limit=300, reason="bad_officers")
+
+
 def _officer(
     role: object, name_en: object, name_zh: object, appointed: object, today: dt.date
 ) -> dict[str, Any]:
-    if not isinstance(role, str) or role.strip().lower() not in _ROLES:
+    role_value = role.strip().lower() if isinstance(role, str) else None
+    if role_value not in _ROLES:
         choices = ", ".join(r.value for r in OfficerRole)
         raise _Reject("bad_officers", f"officers: role must be one of {choices}")
-    names = []
-    for value in (name_en, name_zh):
-        if value is not None and not isinstance(value, str):
-            raise _Reject("bad_officers", "officers: names must be text")
-        names.append(
-            _text((value or "").strip(), field="officers", limit=300, reason="bad_officers")
-        )
-    if not any(names):
+    english, chinese = _officer_name(name_en), _officer_name(name_zh)
+    if not english and not chinese:
         raise _Reject("bad_officers", "officers: each officer needs a name")
-    if appointed is not None and not isinstance(appointed, str):
-        raise _Reject("bad_officers", "officers: appointed_on must be a date YYYY-MM-DD")
-    try:
-        appointed_on = _date((appointed or "").strip(), field="officers", today=today)
-    except _Reject as exc:
-        raise _Reject("bad_officers", exc.detail) from None
+    appointed_on = None
+    if appointed is not None:
+        if not isinstance(appointed, str):
+            raise _Reject("bad_officers", "officers: appointed_on must be a date YYYY-MM-DD")
+        try:
+            appointed_on = _date(appointed.strip(), field="officers", today=today)
+        except _Reject as exc:
+            raise _Reject("bad_officers", exc.detail) from None
+    # Plain values: the rows go to a bulk Core INSERT.
     return {
-        "role": OfficerRole(role.strip().lower()),
-        "name_en": names[0],
-        "name_zh": names[1],
+        "role": role_value,
+        "name_en": english,
+        "name_zh": chinese,
         "appointed_on": appointed_on,
     }
 
@@ -558,7 +564,7 @@ def _replace_officers(company_ids: list[int], officers: list[dict[str, Any]]) ->
         .execution_options(synchronize_session=False)
     )
     if officers:
-        db.session.execute(insert(CompanyOfficer), officers)
+        db.session.execute(insert(cast(Table, CompanyOfficer.__table__)), officers)
 
 
 @dataclass
