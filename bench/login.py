@@ -210,8 +210,9 @@ def seed_database(backend: LoginBackend, people: int, per_company: int,
     with backend.app.app_context():
         for journey in CLIENT_NAMES:
             client, _ = create_client(
-                name=client_name(journey, people, seed), redirect_uris=[REDIRECT_URI], auth_method="none",
-                grant_types=["authorization_code"], scopes=SCOPE.split(), actor="operator:bench")
+                name=client_name(journey, people, seed), redirect_uris=[REDIRECT_URI],
+                auth_method="none", grant_types=["authorization_code"], scopes=SCOPE.split(),
+                actor="operator:bench")
             clients[journey] = client.client_id
             if journey == "returning":
                 returning_pk = client.id
@@ -368,7 +369,8 @@ class Browser:
                 headers={"Content-Type": "application/x-www-form-urlencoded"})
             if status != 303:
                 raise Failed("consent", f"status {status}")
-            status, headers, _ = self.request("GET", _path(headers["location"]))
+            if not headers.get("location", "").startswith(REDIRECT_URI + "?"):
+                status, headers, _ = self.request("GET", _path(headers["location"]))
             step = "consent"
         else:
             step = "continue"
