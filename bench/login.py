@@ -705,7 +705,8 @@ def render(fig: dict[str, Any], sql: dict[str, tuple[int, int, list[str]]] | Non
         "",
         f"- when: {meta['when']}; commit {meta['commit']}",
         f"- machine: {meta['machine']}; server: `idp serve --server {args.server} --workers "
-        f"{args.workers}` on PostgreSQL + Redis (db 14), same machine, loopback",
+        f"{args.workers} --threads {args.threads}` on PostgreSQL + Redis (db 14), same "
+        "machine, loopback",
         f"- data: {args.people:,} people, each with one ES256 security key, an active membership "
         f"of one of {math.ceil(args.people / args.per_company):,} companies, and (returning "
         "journey) a stored consent for the bench client (public client, PKCE S256)",
@@ -756,6 +757,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=20.0, help="measured seconds")
     p.add_argument("--warmup", type=float, default=5.0, help="warm-up seconds")
     p.add_argument("--workers", type=int, default=2, help="server worker processes")
+    p.add_argument("--threads", type=int, default=1,
+                   help="threads per server worker (idp serve --threads; its default is 1)")
     p.add_argument("--server", choices=("granian", "gunicorn"), default="granian")
     p.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
                    help="wait up to SECONDS for the machine to go idle before measuring")
@@ -813,7 +816,8 @@ def main(argv: list[str] | None = None) -> int:
 
                 db.engine.dispose()
             argv_ = [str(common.VENV_BIN / "idp"), "serve", "--host", HOST, "--port",
-                     str(backend.port), "--workers", str(args.workers), "--server", args.server]
+                     str(backend.port), "--workers", str(args.workers), "--threads",
+                     str(args.threads), "--server", args.server]
             server = common.Server(f"idp-serve-{args.server}", argv_, backend, tmp)
             server.start()
             try:
