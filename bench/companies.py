@@ -129,7 +129,7 @@ def generate(path: Path, rows: int, seed: int = 4) -> float:
 def timed_import(backend: Backend, csv_path: Path, batch_size: int) -> dict[str, Any]:
     """Run ``idp companies import FILE --json`` in its own process group; wall time, its
     output and the CPU split (cores on average: import, postgres, other)."""
-    rejects = csv_path.with_suffix(".rejects.csv")
+    rejects = backend.workdir / "register.rejects.csv"
     cmd = [str(VENV_BIN / "idp"), "companies", "import", str(csv_path), "--json",
            "--rejects", str(rejects), "--batch-size", str(batch_size)]
     before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -244,6 +244,8 @@ def report(rows: int, gen_seconds: float, size: int, per_backend: dict[str, dict
             "(import, postgres, other) |", "|---|---|---|---|---|---|---|---|"]
     for name, data in per_backend.items():
         for label in ("import", "re-import"):
+            if label not in data:
+                continue
             r = data[label]
             res = r["result"]
             out.append(f"| {name} | {label} | {r['wall']:.1f} | {rows / r['wall']:,.0f} | "
@@ -270,6 +272,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=2000)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the CSV and databases")
+    parser.add_argument("--csv", type=Path, default=None,
+                        help="import this register CSV instead of generating one")
+    parser.add_argument("--skip-reimport", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" /
                         "companies-latest.md")
     return parser.parse_args(argv)
@@ -279,9 +284,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="corpid-companies-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    csv_path = workdir / "register.csv"
-    log(f"generating {args.rows:,} companies into {csv_path}")
-    gen_seconds = generate(csv_path, args.rows)
+    if args.csv:
+        csv_path, gen_seconds = args.csv, 0.0
+    else:
+        csv_path = workdir / "register.csv"
+        log(f"generating {args.rows:,} companies into {csv_path}")
+        gen_seconds = generate(csv_path, args.rows)
     size = csv_path.stat().st_size
     log(f"generated {size / 1e6:.0f} MB in {gen_seconds:.1f} s")
     backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
@@ -314,9 +322,10 @@ def main(argv: list[str] | None = None) -> int:
             data["search"] = search_timings(backend, args.rows, args.queries)
             worst = max(data["search"].items(), key=lambda kv: kv[1]["p99"])
             log(f"[{name}] searches done; worst p99 {worst[1]['p99']:.2f} ms ({worst[0]})")
-            log(f"[{name}] re-importing (every row an update)")
-            data["re-import"] = timed_import(backend, csv_path, args.batch_size)
-            log(f"[{name}] re-imported in {data['re-import']['wall']:.1f} s")
+            if not args.skip_reimport:
+                log(f"[{name}] re-importing (every row an update)")
+                data["re-import"] = timed_import(backend, csv_path, args.batch_size)
+                log(f"[{name}] re-imported in {data['re-import']['wall']:.1f} s")
             with backend.app.app_context():
                 from idp.extensions import db
 
