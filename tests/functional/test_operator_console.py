@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from sqlalchemy import select
 
@@ -321,3 +322,27 @@ def test_audit_search(ctx: Live, browser: Callable[[], Browser],
     zh = op.browser.request("GET", ctx.url("/operator/audit"),
                             headers={"Accept-Language": "zh-HK"})
     assert "審計紀錄" in zh.text
+
+
+def test_next_never_leaves_the_site(ctx: Live, browser: Callable[[], Browser],
+                                    soft_key: Callable[..., Any]) -> None:
+    op = _operator(ctx, browser, soft_key)
+    for target in ("//evil.example/x", "https://evil.example/", "/\\evil.example", "javascript:x"):
+        b = browser()
+        page = b.go(ctx.url("/console/login?" + urlencode({"next": target})))
+        answer = ceremony.login(b.http, page, op.authenticator)
+        assert answer.status_code == 200
+        assert answer.json()["next"] == "/console/", target
+        stepped = step_up(b, op.authenticator, next_path=quote(target, safe=""))
+        assert stepped.json()["next"] == "/console/", target
+
+
+def test_step_up_needs_a_session(ctx: Live, browser: Callable[[], Browser]) -> None:
+    b = browser()
+    assert b.request("GET", ctx.url("/console/stepup")).status_code == 303
+    page = b.go(ctx.url("/console/login"))
+    token = ceremony.ceremony_of(page)["csrf"]
+    answer = ceremony.post_json(b.http, ctx.url("/console/stepup/options"), {"h": "stepup"},
+                                csrf=token)
+    assert answer.status_code == 400
+    assert answer.headers["Content-Type"].startswith("application/json")
