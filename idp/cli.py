@@ -645,6 +645,42 @@ def keys_retire(kid: str, as_json: bool) -> None:
     emit(data, as_json, [f"retired {key.kid}; published until its tokens have expired"])
 
 
+# --- audit ------------------------------------------------------------------------------------
+
+
+@cli.group(cls=IdpGroup)
+def audit() -> None:
+    """The tamper-evident audit log."""
+
+
+@audit.command("verify")
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1),
+    default=2000,
+    show_default=True,
+    help="Events read per query.",
+)
+@json_option
+@with_app
+def audit_verify(batch: int, as_json: bool) -> None:
+    """Check the audit log's hash chain from the first event to the head; name the first
+    broken link. Exit status 1 when the chain is broken."""
+    from idp.audit import services as audit_service
+
+    report = audit_service.verify_chain(batch=batch)
+    if report.ok:
+        lines = [f"ok: {report.checked} events, chain head {report.last_seq} {report.last_hash}"]
+    else:
+        lines = [
+            f"BROKEN at event {report.first_broken_seq}: {report.reason}",
+            f"{report.checked} events good before it (last good: {report.last_seq})",
+        ]
+    emit(report.as_dict(), as_json, lines)
+    if not report.ok:
+        click.get_current_context().exit(1)
+
+
 # --- logout -----------------------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ from alembic import context
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection
 
+from idp.audit.ddl import add_guards
 from idp.schema import metadata, render_item
 
 config = context.config
@@ -37,6 +38,7 @@ def _configure(**kwargs: Any) -> None:
         render_as_batch=True,
         compare_type=True,
         render_item=render_item,
+        process_revision_directives=add_guards,  # triggers autogenerate does not see
         **kwargs,
     )
 

@@ -28,7 +28,7 @@ from flask.testing import FlaskClient, FlaskCliRunner
 from sqlalchemy import create_engine, delete, insert, make_url, select, text
 
 from idp import create_app, schema
-from idp.audit.models import AuditEvent
+from idp.audit.models import AuditChainHead, AuditEvent, append_only_lifted
 from idp.extensions import db
 from idp.keys import services as key_service
 from idp.keys.models import SigningKey
@@ -116,7 +116,9 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
     with app.app_context():
         db.create_all()
         key_service.ensure_keys(actor="tests")
-        db.session.execute(delete(AuditEvent))  # tests start with an empty audit trail
+        with append_only_lifted(db.session.connection()):  # tests start with an empty audit trail
+            db.session.execute(delete(AuditEvent))
+        db.session.execute(delete(AuditChainHead))
         db.session.commit()
         rows = [
             {c.key: getattr(k, c.key) for c in SigningKey.__table__.columns}
@@ -129,8 +131,9 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
 
 def _reset_postgres() -> None:
     # DELETE, children first: on a few rows it is much faster than TRUNCATE.
-    for table in reversed(metadata().sorted_tables):
-        db.session.execute(table.delete())
+    with append_only_lifted(db.session.connection()):
+        for table in reversed(metadata().sorted_tables):
+            db.session.execute(table.delete())
     # Like the SQLite template, the database has tables but no migration history.
     db.session.execute(text(f"DROP TABLE IF EXISTS {schema.VERSION_TABLE}"))
     db.session.commit()

@@ -25,6 +25,7 @@ from sqlalchemy import inspect
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from idp import create_app, schema
+from idp.audit.models import append_only_lifted
 from idp.demo import DemoSeed, seed_demo
 from idp.extensions import db
 from idp.keys import services as keys
@@ -174,7 +175,7 @@ def e2e_server(tmp_path_factory: pytest.TempPathFactory, redis_url: str | None) 
 def _reset(app: Flask) -> None:
     with app.app_context():
         db.session.remove()
-        with db.engine.begin() as conn:
+        with db.engine.begin() as conn, append_only_lifted(conn):
             present = set(inspect(conn).get_table_names())
             for table in reversed(db.metadata.sorted_tables):
                 if table.name in present and table.name not in KEEP_TABLES:

@@ -35,6 +35,7 @@ from joserfc.jwk import KeySet
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from idp import create_app, schema
+from idp.audit.models import append_only_lifted
 from idp.extensions import db
 from idp.keys import services as keys
 
@@ -166,7 +167,7 @@ def _reset(app: Flask) -> None:
     """Empty every table but the signing keys; flush this worker's Redis database."""
     with app.app_context():
         db.session.remove()
-        with db.engine.begin() as conn:
+        with db.engine.begin() as conn, append_only_lifted(conn):
             for table in reversed(db.metadata.sorted_tables):
                 if table.name not in KEEP_TABLES:
                     conn.execute(table.delete())
