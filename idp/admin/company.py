@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from idp.audit import services as audit
 from idp.audit.models import AuditEvent
 from idp.clients.models import Client
 from idp.consent.models import Consent
@@ -22,6 +23,9 @@ from idp.extensions import db
 from idp.orgs import members
 from idp.orgs import services as orgs
 from idp.orgs.models import Company, Membership, Person, Role
+
+# Audit events per page.
+AUDIT_PAGE = 100
 
 
 def company_for_admin(person: Person, br: object) -> Company:
@@ -46,7 +50,8 @@ def company_for_admin(person: Person, br: object) -> Company:
 
 def parse_id(raw: object) -> int:
     """An object id from a URL or form. Raises ``NotFoundError`` for anything but digits."""
-    if not isinstance(raw, str) or not raw.isdigit() or len(raw) > 18:
+    # At most 9 digits: ids are 32-bit integer columns (PostgreSQL refuses larger values).
+    if not isinstance(raw, str) or not raw.isascii() or not raw.isdigit() or len(raw) > 9:
         raise NotFoundError("not found")
     return int(raw)
 
@@ -141,13 +146,13 @@ def get_consent(company: Company, consent_id: int) -> Consent:
     return consent
 
 
-def company_events(company: Company, *, limit: int = 200) -> list[AuditEvent]:
-    """The company's audit events, newest first."""
-    return list(
-        db.session.scalars(
-            select(AuditEvent)
-            .where(AuditEvent.company_id == company.id)
-            .order_by(AuditEvent.id.desc())
-            .limit(limit)
-        )
-    )
+def company_events(company: Company, *, before_seq: int | None = None) -> list[AuditEvent]:
+    """The company's audit events, newest first, a page at a time."""
+    return audit.search_events(company_id=company.id, limit=AUDIT_PAGE, before_seq=before_seq)
+
+
+def audit_page_start(raw: object) -> int | None:
+    """The ``before`` parameter of an audit page: a sequence number, else the newest page."""
+    if not isinstance(raw, str) or not raw.isascii() or not raw.isdigit() or len(raw) > 9:
+        return None
+    return int(raw)

@@ -14,7 +14,7 @@ from idp.admin.services import StepUpRequired
 from idp.audit.services import Origin
 from idp.authn.models import LoginSession
 from idp.authn.views import current_login_session
-from idp.errors import IdpError, page_error
+from idp.errors import IdpError, ValidationError, page_error
 
 MAX_NEXT = 500
 
@@ -44,6 +44,15 @@ def safe_next(value: object, default: str) -> str:
         or any(ord(c) < 0x20 for c in value)
     ):
         return default
+    return value
+
+
+def query_text(name: str, *, limit: int) -> str:
+    """A search field from the query string, trimmed. Raises ``ValidationError`` (400) for
+    control characters (PostgreSQL refuses NUL) or more than ``limit`` characters."""
+    value = request.args.get(name, "").strip()
+    if len(value) > limit or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValidationError(f"{name}: at most {limit} printable characters")
     return value
 
 

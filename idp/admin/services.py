@@ -28,7 +28,6 @@ from idp.admin.models import (
     OperatorInvitation,
     OperatorStatus,
 )
-from idp.audit.models import AuditEvent
 from idp.audit.services import Origin, record
 from idp.authn import attestation, ceremonies
 from idp.authn import webauthn as wa
@@ -517,18 +516,3 @@ def cancel_key_change(
     )
     db.session.commit()
     return change
-
-
-# --- audit (until idp.audit.services.search_events lands) -------------------------------------
-
-
-def recent_events(
-    *, company_id: int | None = None, tag_prefix: str | None = None, limit: int = 100
-) -> list[AuditEvent]:
-    """The latest audit events, newest first; of one company, or with a tag prefix."""
-    query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(max(1, min(limit, 500)))
-    if company_id is not None:
-        query = query.where(AuditEvent.company_id == company_id)
-    if tag_prefix:
-        query = query.where(AuditEvent.tag.startswith(tag_prefix, autoescape=True))
-    return list(db.session.scalars(query))

@@ -311,7 +311,7 @@ def key_change_request() -> Response:
 
 
 def _request_id(raw: str) -> int:
-    if not raw.isdigit() or len(raw) > 18:
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 9:
         raise ValidationError("no such request")
     return int(raw)
 
@@ -348,7 +348,7 @@ def companies() -> Response:
     _operator()
     from idp.orgs import register
 
-    query = request.args.get("q", "").strip()[:300]
+    query = pages.query_text("q", limit=300)
     found = register.search_companies(query, limit=50) if query else []
     return page("admin/companies.html", query=query, companies=found)
 
@@ -407,7 +407,24 @@ def company_status(br: str) -> Response:
 @bp.get("/operator/audit")
 @guarded
 def audit() -> Response:
+    """Search the audit log: by tag prefix, actor, subject, company (BR number)."""
+    from idp.admin import company as scope
+    from idp.audit.services import search_events
+
     _operator()
-    tag = request.args.get("tag", "").strip()[:64]
-    events = admin.recent_events(tag_prefix=tag or None)
-    return page("admin/audit.html", events=events, tag=tag, company=None)
+    names = ("tag", "actor", "subject", "br")
+    filters = {name: pages.query_text(name, limit=200) for name in names}
+    company_id = None
+    if filters["br"]:
+        company_id = orgs.get_company_by_br(filters["br"]).id
+    events = search_events(
+        tag_prefix=filters["tag"] or None,
+        actor=filters["actor"] or None,
+        subject=filters["subject"] or None,
+        company_id=company_id,
+        limit=scope.AUDIT_PAGE,
+        before_seq=scope.audit_page_start(request.args.get("before")),
+    )
+    return page(
+        "admin/audit.html", events=events, filters=filters, company=None, page_size=scope.AUDIT_PAGE
+    )

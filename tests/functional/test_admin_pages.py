@@ -142,7 +142,8 @@ def test_another_companys_objects_are_404(ctx: Live, enrolled: Callable[..., Key
     # Their objects through my company's URLs, by guessed IDs: 404, nothing changed.
     assert b.go(ctx.url(f"/company/{mine.br_number}/members/{other_membership.id}")
                 ).status_code == 404
-    assert b.go(ctx.url(f"/company/{mine.br_number}/members/abc")).status_code == 404
+    for raw in ("abc", "99999999999999", "\uff11\uff12"):
+        assert b.go(ctx.url(f"/company/{mine.br_number}/members/{raw}")).status_code == 404
     token = _csrf(b, ctx)
     for path in (f"/members/{other_membership.id}/suspend",
                  f"/members/{other_membership.id}/remove",
@@ -244,6 +245,7 @@ def test_consents_listed_and_revoked(ctx: Live, enrolled: Callable[..., KeyHolde
     assert db.session.get(Consent, consent.id).revoked_at is not None
     audit = b.go(ctx.url(f"/company/{org.br_number}/audit"))
     assert "consent:consent:revoke" in audit.text
+    assert "clients:client:create" not in audit.text  # not this company's event
 
 
 def test_authorisations_page_and_grants(ctx: Live, enrolled: Callable[..., KeyHolder],

@@ -196,6 +196,9 @@ def test_rotation_needs_a_second_operator_and_fresh_assertions(
     own = first.browser.request("POST", ctx.url(f"/operator/keys/requests/{change.id}/approve"),
                                 data={"csrf_token": token})
     assert own.status_code == 403
+    huge = first.browser.request("POST", ctx.url("/operator/keys/requests/99999999999/approve"),
+                                 data={"csrf_token": token})
+    assert huge.status_code == 303  # refused with a message, no 500
     # The second operator's assertion is stale: step-up first, the key untouched.
     age_assertions(second.person_id)
     page = second.browser.go(ctx.url("/operator/keys"))
@@ -309,16 +312,30 @@ def test_companies_search_appoint_and_status(ctx: Live, browser: Callable[[], Br
     db.session.rollback()
     assert orgs.get_company_by_br("23456789").status.value == "dissolved"
     assert b.go(ctx.url("/operator/companies/99999999")).status_code == 404
+    assert b.go(ctx.url("/operator/companies?q=%00")).status_code == 400
     assert b.go(ctx.url("/operator/companies/abc")).status_code in (400, 404)
 
 
 def test_audit_search(ctx: Live, browser: Callable[[], Browser],
                       soft_key: Callable[..., Any]) -> None:
+    from idp.orgs import services as orgs
+
+    orgs.create_company(br_number="34567890", name_en="Kowloon Bakery Limited", actor="tests")
     op = _operator(ctx, browser, soft_key)
     page = op.browser.go(ctx.url("/operator/audit?tag=admin:operator"))
     assert page.status_code == 200
     assert "admin:operator:create" in page.text
     assert "authn:session:start" not in page.text
+    by_actor = op.browser.go(ctx.url("/operator/audit?actor=tests"))
+    assert "orgs:company:create" in by_actor.text
+    assert "admin:operator:create" not in by_actor.text
+    by_company = op.browser.go(ctx.url("/operator/audit?br=34567890"))
+    assert "orgs:company:create" in by_company.text
+    assert "admin:operator" not in by_company.text
+    assert op.browser.go(ctx.url("/operator/audit?br=00000000")).status_code == 404
+    assert op.browser.go(ctx.url("/operator/audit?before=x")).status_code == 200
+    assert op.browser.go(ctx.url("/operator/audit?tag=%00")).status_code == 400
+    assert op.browser.go(ctx.url("/operator/audit?actor=" + "a" * 300)).status_code == 400
     zh = op.browser.request("GET", ctx.url("/operator/audit"),
                             headers={"Accept-Language": "zh-HK"})
     assert "審計紀錄" in zh.text
