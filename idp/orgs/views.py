@@ -243,4 +243,9 @@ def consent_revoke(br: str, raw_id: str) -> Response:
 @guarded
 def audit(br: str) -> Response:
     _, company = _admin(br)
-    return page("admin/audit.html", company=company, events=scope.company_events(company), tag="")
+    events = scope.company_events(
+        company, before_seq=scope.audit_page_start(request.args.get("before"))
+    )
+    return page(
+        "admin/audit.html", company=company, events=events, filters={}, page_size=scope.AUDIT_PAGE
+    )
