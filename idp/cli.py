@@ -653,6 +653,59 @@ def audit() -> None:
     """The tamper-evident audit log."""
 
 
+def _seal_all() -> int:
+    """Seal until nothing committed is left (or another sealer has the head); how many."""
+    from idp.audit import services as audit_service
+
+    total = 0
+    while True:
+        sealed = audit_service.seal_pending()
+        total += sealed
+        if sealed < audit_service.SEAL_LIMIT:
+            return total
+
+
+def _backlog_line(unsealed: int, age: float | None) -> str:
+    if not unsealed:
+        return "no events waiting to be sealed"
+    return f"{unsealed} events not sealed yet (oldest {age or 0:.1f} s old)"
+
+
+@audit.command("seal")
+@click.option("--follow", is_flag=True, help="Keep sealing, every AUDIT_SEAL_INTERVAL seconds.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.05),
+    default=None,
+    help="Seconds between rounds with --follow (default AUDIT_SEAL_INTERVAL, or 1).",
+)
+@json_option
+@with_app
+def audit_seal(follow: bool, interval: float | None, as_json: bool) -> None:
+    """Link committed audit events into the hash chain (the sealer threads of the workers do
+    it too; this is for operators, cron, or AUDIT_SEAL_INTERVAL=0)."""
+    import time
+
+    from flask import current_app
+
+    from idp.audit import services as audit_service
+    from idp.extensions import db
+
+    if interval is None:
+        interval = float(current_app.config["IDP"]["AUDIT_SEAL_INTERVAL"]) or 1.0
+    while True:
+        sealed = _seal_all()
+        pending = audit_service.backlog()
+        db.session.rollback()  # end the read, so the next round sees new commits
+        if not follow or sealed:
+            age = pending.age_seconds()
+            data = {"sealed": sealed, "unsealed": pending.unsealed, "oldest_unsealed_age": age}
+            emit(data, as_json, [f"sealed {sealed} events; {_backlog_line(pending.unsealed, age)}"])
+        if not follow:
+            return
+        time.sleep(interval)
+
+
 @audit.command("verify")
 @click.option(
     "--batch",
@@ -661,20 +714,29 @@ def audit() -> None:
     show_default=True,
     help="Events read per query.",
 )
+@click.option("--no-seal", is_flag=True, help="Check the chain as it is; do not seal first.")
 @json_option
 @with_app
-def audit_verify(batch: int, as_json: bool) -> None:
-    """Check the audit log's hash chain from the first event to the head; name the first
-    broken link. Exit status 1 when the chain is broken."""
+def audit_verify(batch: int, no_seal: bool, as_json: bool) -> None:
+    """Seal the committed events (unless --no-seal), then check the audit log's hash chain
+    from the first event to the head; name the first broken link and say how many events are
+    not sealed yet. Exit status 1 when the chain is broken."""
     from idp.audit import services as audit_service
 
+    if not no_seal:
+        _seal_all()
     report = audit_service.verify_chain(batch=batch)
+    waiting = _backlog_line(report.unsealed, report.oldest_unsealed_age)
     if report.ok:
-        lines = [f"ok: {report.checked} events, chain head {report.last_seq} {report.last_hash}"]
+        lines = [
+            f"ok: {report.checked} events, chain head {report.last_seq} {report.last_hash}",
+            waiting,
+        ]
     else:
         lines = [
             f"BROKEN at event {report.first_broken_seq}: {report.reason}",
             f"{report.checked} events good before it (last good: {report.last_seq})",
+            waiting,
         ]
     emit(report.as_dict(), as_json, lines)
     if not report.ok:

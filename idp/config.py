@@ -89,6 +89,9 @@ DEFAULTS: dict[str, Any] = {
     # Threads per process sending back-channel logouts off the request (0: only the
     # `idp logout deliver` command sends them).
     "BACKCHANNEL_LOGOUT_THREADS": 4,
+    # Seconds between rounds of each process's audit sealer thread linking committed events
+    # into the hash chain (0: no thread, only `idp audit seal` / `idp audit verify` seal).
+    "AUDIT_SEAL_INTERVAL": 1,
     # Log level for the idp logger.
     "LOG_LEVEL": "INFO",
     # WebAuthn attestation policy: none (any authenticator) or trusted (certified hardware keys

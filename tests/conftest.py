@@ -176,6 +176,8 @@ def make_app(
             "KEYS_DIR": str(tmp_path / "keys"),
             "SECRET_KEY": TEST_SECRET_KEY,
             "REDIS_URL": redis_url or "",
+            # No sealer thread: tests seal with seal_pending() (tests/unit/audit tests the thread).
+            "AUDIT_SEAL_INTERVAL": 0,
         }
         config.update(overrides)
         url = config["DATABASE_URL"]

@@ -1,11 +1,13 @@
-"""Append-only audit events, linked in a hash chain, and the chain's head.
+"""Append-only audit events, linked in a hash chain by a sealer, and the chain's head.
 
-Each event carries ``seq`` (gap-free, in commit order), the hash of the event before it
-(``prev_hash``) and its own ``hash`` (SHA-256 over ``canonical(event)``). The one-row
-``audit_chain_head`` table holds the last ``seq`` and ``hash``; ``idp.audit.services`` links
-events at commit under a row lock on it. The database refuses UPDATE and DELETE on
-``audit_events`` (triggers on SQLite and PostgreSQL, made by the migration and by
-``create_all``).
+An event is INSERTed unlinked (``seq``, ``prev_hash`` and ``hash`` NULL) in the transaction of
+what it describes; ``idp.audit.services.seal_pending`` later links committed events, in ``id``
+order, in a transaction of its own: ``seq`` (gap-free, in sealing order), the hash of the event
+before it (``prev_hash``) and its own ``hash`` (SHA-256 over ``canonical(event)``). The one-row
+``audit_chain_head`` table holds the last ``seq`` and ``hash``; only the sealer locks it. The
+database refuses DELETE on ``audit_events`` and every UPDATE but the sealer's one filling
+``seq``/``prev_hash``/``hash`` of an unsealed row (triggers on SQLite and PostgreSQL, made by
+the migration and by ``create_all``).
 """
 
 from __future__ import annotations
@@ -33,14 +35,27 @@ HASH_VERSION = 1
 class AuditEvent(Base):
     __tablename__ = "audit_events"
     __table_args__ = (
-        Index("ix_audit_events_company_id_seq", "company_id", "seq"),
-        Index("ix_audit_events_actor_seq", "actor", "seq"),
-        Index("ix_audit_events_subject_seq", "subject", "seq"),
+        # Listing (newest first, keyset on id) by company, actor or subject.
+        Index("ix_audit_events_company_id_id", "company_id", "id"),
+        Index("ix_audit_events_actor_id", "actor", "id"),
+        Index("ix_audit_events_subject_id", "subject", "id"),
+        # Sealed or not, never half: the three chain columns are set together.
+        CheckConstraint(
+            "(seq IS NULL) = (hash IS NULL) AND (prev_hash IS NULL) = (hash IS NULL)",
+            name="sealed_together",
+        ),
+        # The sealer's queue: only the unsealed rows, in id order.
+        Index(
+            "ix_audit_events_unsealed",
+            "id",
+            sqlite_where=text("hash IS NULL"),
+            postgresql_where=text("hash IS NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    # Position in the chain: 1, 2, 3... without gaps, in commit order.
-    seq: Mapped[int] = mapped_column(unique=True)
+    # Position in the chain: 1, 2, 3... without gaps, in sealing order; NULL until sealed.
+    seq: Mapped[int | None] = mapped_column(unique=True)
     # Typed tag "source:subject:action", such as "oauth:token:issue".
     tag: Mapped[str] = mapped_column(String(64), index=True)
     # Who acted: "person:<subject>", "client:<client_id>", "operator:cli", "system".
@@ -52,13 +67,14 @@ class AuditEvent(Base):
     user_agent: Mapped[str | None] = mapped_column(String(300))
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
-    # SHA-256 (hex) of the previous event (GENESIS_HASH for seq 1) and of this one.
-    prev_hash: Mapped[str] = mapped_column(String(64))
-    hash: Mapped[str] = mapped_column(String(64))
+    # SHA-256 (hex) of the previous event (GENESIS_HASH for seq 1) and of this one; NULL
+    # until sealed.
+    prev_hash: Mapped[str | None] = mapped_column(String(64))
+    hash: Mapped[str | None] = mapped_column(String(64))
 
 
 class AuditChainHead(Base):
-    """The chain's last link: one row (id 1), locked while a transaction links its events."""
+    """The chain's last link: one row (id 1), locked by the sealer while it links events."""
 
     __tablename__ = "audit_chain_head"
     __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
@@ -111,17 +127,34 @@ def event_hash(**fields: Any) -> str:
 # idp.audit.ddl) and run by create_all (below), so test databases are guarded too.
 
 APPEND_ONLY_MESSAGE = "audit_events is append-only"
+# The columns the sealer fills (once, from NULL); every other column never changes.
+SEAL_COLUMNS = ("seq", "prev_hash", "hash")
+_KEPT_COLUMNS = tuple(c.name for c in AuditEvent.__table__.columns if c.name not in SEAL_COLUMNS)
+# SQLite: the one UPDATE allowed (``IS`` compares NULLs as equal).
+_SQLITE_SEALING = " AND ".join(
+    [f"OLD.{c} IS NULL AND NEW.{c} IS NOT NULL" for c in SEAL_COLUMNS]
+    + [f"NEW.{c} IS OLD.{c}" for c in _KEPT_COLUMNS]
+)
+# PostgreSQL: the same, comparing the whole row but the sealed columns (json has no "=", jsonb
+# does), so a column added later is covered too.
+_PG_SEALED = " - ".join(["{row}", *(f"'{c}'" for c in SEAL_COLUMNS)])
+_PG_SEALING = " AND ".join(
+    [f"OLD.{c} IS NULL AND NEW.{c} IS NOT NULL" for c in SEAL_COLUMNS]
+    + [f"{_PG_SEALED.format(row='to_jsonb(NEW)')} = {_PG_SEALED.format(row='to_jsonb(OLD)')}"]
+)
 
 GUARDS: dict[str, tuple[str, ...]] = {
     "sqlite": (
         "CREATE TRIGGER IF NOT EXISTS audit_events_no_update BEFORE UPDATE ON audit_events "
+        f"WHEN NOT ({_SQLITE_SEALING}) "
         f"BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY_MESSAGE}'); END",
         "CREATE TRIGGER IF NOT EXISTS audit_events_no_delete BEFORE DELETE ON audit_events "
         f"BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY_MESSAGE}'); END",
     ),
     "postgresql": (
-        "CREATE FUNCTION audit_events_refuse_change() RETURNS trigger LANGUAGE plpgsql AS "
-        f"$$ BEGIN RAISE EXCEPTION '{APPEND_ONLY_MESSAGE}' USING ERRCODE = '55000'; END $$",
+        "CREATE FUNCTION audit_events_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$ "
+        f"BEGIN IF TG_OP = 'UPDATE' AND {_PG_SEALING} THEN RETURN NEW; END IF; "
+        f"RAISE EXCEPTION '{APPEND_ONLY_MESSAGE}' USING ERRCODE = '55000'; END $$",
         "CREATE TRIGGER audit_events_append_only BEFORE UPDATE OR DELETE ON audit_events "
         "FOR EACH ROW EXECUTE FUNCTION audit_events_refuse_change()",
         "CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON audit_events "
@@ -143,7 +176,8 @@ DROP_GUARDS: dict[str, tuple[str, ...]] = {
 
 
 def create_guards(connection: Connection) -> None:
-    """Make the database refuse UPDATE and DELETE on audit_events (other dialects: nothing)."""
+    """Make the database refuse DELETE on audit_events, and UPDATE but sealing (other dialects:
+    nothing)."""
     for statement in GUARDS.get(connection.dialect.name, ()):
         connection.execute(text(statement))
 

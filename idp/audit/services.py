@@ -1,13 +1,17 @@
 """Audit events, recorded by services in the same transaction as what they describe, linked
-in a hash chain when that transaction commits; verifying the chain; searching events.
+in a hash chain afterwards by a sealer; verifying the chain; searching events.
 
-``record`` keeps the event aside in the session until the transaction commits; just before the
-commit (``before_commit``, after everything else is flushed) ``_link`` locks the chain head
-(``SELECT ... FOR UPDATE`` on PostgreSQL, the write lock on SQLite), gives each event its
-``seq``, ``prev_hash`` and ``hash``, moves the head and adds the events; the commit releases the
-lock. So the lock is held only for the events' INSERTs and the commit, a transaction that rolls
-back consumes no ``seq``, and events recorded in a savepoint (``begin_nested``) that rolls back
-are dropped with it.
+``record`` only INSERTs the event, unlinked (``seq``, ``prev_hash``, ``hash`` NULL), in the
+caller's transaction: no lock, no read of the chain head, so audited transactions of every
+worker commit in parallel, and one that rolls back (or a savepoint that does) leaves nothing.
+
+``seal_pending`` links committed, unlinked events in ``id`` order in a transaction of its own:
+it takes the head (``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL, skipping the round when
+another sealer has it; the write lock on SQLite), gives each event the next ``seq`` (gap-free),
+``prev_hash`` and ``hash``, moves the head and commits. The chain is in sealing order: an event
+whose transaction committed late gets a later ``seq``. Sealing is done by a daemon thread per
+process (every ``AUDIT_SEAL_INTERVAL`` seconds while there is work, woken by commits that
+recorded events), by ``idp audit seal`` and by ``idp audit verify``.
 """
 
 from __future__ import annotations
@@ -15,16 +19,19 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, event, insert, select, update
+from flask import Flask, current_app, has_app_context
+from sqlalchemy import Table, bindparam, event, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Row
-from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.orm import Session
 
 from idp.audit.models import GENESIS_HASH, AuditChainHead, AuditEvent, event_hash
 from idp.db import utcnow
@@ -37,11 +44,13 @@ log = logging.getLogger("idp.audit")
 _SEGMENT = r"[a-z0-9][a-z0-9_-]*"
 TAG_PATTERN = re.compile(rf"{_SEGMENT}:{_SEGMENT}:{_SEGMENT}")
 TAG_MAX_LENGTH = 64
-# Session.info key of the events waiting for the commit: (transaction, event) pairs.
-PENDING = "idp.audit.pending"
+# Session.info key: the transaction recorded events (wake the sealer when it commits).
+RECORDED = "idp.audit.recorded"
 HEAD_ID = 1
 # Rows read per query by verify_chain.
 VERIFY_BATCH = 2000
+# Events linked per sealing transaction at most.
+SEAL_LIMIT = 5000
 SEARCH_MAX_LIMIT = 500
 _HEAD_TABLE = cast(Table, AuditChainHead.__table__)
 _EVENT_TABLE = cast(Table, AuditEvent.__table__)
@@ -71,11 +80,11 @@ def record(
     """Add an audit event to the current transaction (the caller commits). Never put secrets
     in ``details`` (JSON values only).
 
-    The event is written and linked into the chain when the transaction commits; until then
-    it is not in the session (queries do not see it) and its ``seq``/``hash`` are None. Raises
-    ``ValueError`` for a tag that is not ``"source:subject:action"`` (each segment lowercase
-    letters, digits, ``_`` and ``-``, starting with a letter or digit) or details that are not
-    JSON."""
+    The event is added to the session, unsealed: its ``seq``, ``prev_hash`` and ``hash`` stay
+    None until ``seal_pending`` links it after the commit (a rollback drops it, like anything
+    else in the transaction). Raises ``ValueError`` for a tag that is not
+    ``"source:subject:action"`` (each segment lowercase letters, digits, ``_`` and ``-``,
+    starting with a letter or digit) or details that are not JSON."""
     if len(tag) > TAG_MAX_LENGTH or not TAG_PATTERN.fullmatch(tag):
         raise ValueError(f"audit tag {tag!r} is not 'source:subject:action' (a-z 0-9 _ - each)")
     # Stored as JSON, hashed as JSON: normalise now (tuples become lists, keys strings) so that
@@ -95,55 +104,44 @@ def record(
         created_at=utcnow(),
     )
     session = db.session()
-    if not session.in_transaction():
-        session.begin()  # what the next statement would do: a rollback now drops the event
-    transaction = session.get_nested_transaction() or session.get_transaction()
-    session.info.setdefault(PENDING, []).append((transaction, event))
+    session.add(event)
+    session.info[RECORDED] = True
     log.info("audit %s actor=%s subject=%s", tag, actor, subject)
     return event
 
 
-# --- linking at commit ------------------------------------------------------------------------
-
-
-def _within(transaction: SessionTransaction | None, ended: SessionTransaction) -> bool:
-    """Whether ``transaction`` (None: the root, not begun when recorded) is ``ended`` or
-    one of its savepoints."""
-    if transaction is None:
-        return ended.parent is None
-    current: SessionTransaction | None = transaction
-    while current is not None:
-        if current is ended:
-            return True
-        current = current.parent
-    return False
-
-
-@event.listens_for(Session, "after_soft_rollback")
-def _drop_rolled_back(session: Session, previous_transaction: SessionTransaction) -> None:
-    pending = session.info.get(PENDING)
-    if pending:
-        pending[:] = [(t, e) for t, e in pending if not _within(t, previous_transaction)]
+@event.listens_for(Session, "after_commit")
+def _wake_sealer(session: Session) -> None:
+    if session.info.pop(RECORDED, None) and has_app_context():
+        wake_sealer(current_app._get_current_object())  # type: ignore[attr-defined]
 
 
 @event.listens_for(Session, "after_transaction_end")
-def _forget_on_end(session: Session, transaction: SessionTransaction) -> None:
+def _forget_on_end(session: Session, transaction: Any) -> None:
     if transaction.parent is None:
-        session.info.pop(PENDING, None)
+        session.info.pop(RECORDED, None)
 
 
-def _lock_head(conn: Connection) -> tuple[int, str]:
-    """The head's ``(last_seq, last_hash)``, locked until the transaction ends; made on first
-    use (two first users at once: one inserts, both then lock the same row)."""
+# --- sealing ----------------------------------------------------------------------------------
+
+
+def _take_head(conn: Connection) -> tuple[int, str] | None:
+    """The head's ``(last_seq, last_hash)``, locked until the transaction ends, or None when
+    another sealer holds it (PostgreSQL; SQLite waits for its write lock). Made on first use."""
     table = _HEAD_TABLE
-    row_for_update = select(table.c.last_seq, table.c.last_hash).where(table.c.id == HEAD_ID)
+    row_query = select(table.c.last_seq, table.c.last_hash).where(table.c.id == HEAD_ID)
     if conn.dialect.name == "sqlite":
         # No FOR UPDATE in SQLite: a write takes the database's write lock before the read.
         conn.execute(update(table).where(table.c.id == HEAD_ID).values(last_seq=table.c.last_seq))
+        locking = row_query
+    elif conn.dialect.name == "postgresql":
+        locking = row_query.with_for_update(skip_locked=True)
     else:
-        row_for_update = row_for_update.with_for_update()
-    row = conn.execute(row_for_update).one_or_none()
+        locking = row_query.with_for_update()
+    row = conn.execute(locking).one_or_none()
     if row is None:
+        if conn.execute(row_query).one_or_none() is not None:
+            return None  # there, but locked by another sealer: skip this round
         values = {"id": HEAD_ID, "last_seq": 0, "last_hash": GENESIS_HASH}
         if conn.dialect.name == "postgresql":
             conn.execute(pg_insert(table).values(values).on_conflict_do_nothing())
@@ -151,31 +149,147 @@ def _lock_head(conn: Connection) -> tuple[int, str]:
             conn.execute(sqlite_insert(table).values(values).on_conflict_do_nothing())
         else:
             conn.execute(insert(table).values(values))
-        row = conn.execute(row_for_update).one()
+        row = conn.execute(locking).one_or_none()
+        if row is None:
+            return None  # another sealer made it first and holds it
     return int(row.last_seq), str(row.last_hash)
 
 
-@event.listens_for(Session, "before_commit")
-def _link(session: Session) -> None:
-    if session.in_nested_transaction():
-        return  # a savepoint is released: its events wait for the outer commit
-    if not session.info.get(PENDING):
+def _seal(limit: int) -> int | None:
+    """One sealing transaction: the number of events linked, None when another sealer held
+    the head."""
+    table = _EVENT_TABLE
+    with db.engine.connect() as conn, conn.begin():
+        taken = _take_head(conn)
+        if taken is None:
+            return None
+        seq, previous = taken
+        rows = conn.execute(
+            select(table).where(table.c.hash.is_(None)).order_by(table.c.id).limit(limit)
+        ).all()
+        if not rows:
+            return 0
+        links = []
+        for row in rows:
+            seq += 1
+            fields = _hashed_fields(row) | {"seq": seq, "prev_hash": previous}
+            current = event_hash(**fields)
+            links.append({"row_id": row.id, "seq": seq, "prev_hash": previous, "hash": current})
+            previous = current
+        conn.execute(
+            update(table)
+            .where(table.c.id == bindparam("row_id"), table.c.hash.is_(None))
+            .values(seq=bindparam("seq"), prev_hash=bindparam("prev_hash"), hash=bindparam("hash")),
+            links,
+        )
+        conn.execute(
+            update(_HEAD_TABLE)
+            .where(_HEAD_TABLE.c.id == HEAD_ID)
+            .values(last_seq=seq, last_hash=previous)
+        )
+    log.debug("audit sealed %d events, head %d", len(rows), seq)
+    return len(rows)
+
+
+def seal_pending(*, limit: int = SEAL_LIMIT) -> int:
+    """Link up to ``limit`` committed, unsealed events into the chain, in ``id`` order, in a
+    transaction of its own (commits). Returns how many; 0 when there were none or another
+    sealer holds the head (it will link them). Call outside a write transaction of one's own
+    on SQLite (the sealer waits for the database's write lock)."""
+    return _seal(max(1, int(limit))) or 0
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """Events committed but not sealed yet: how many, and the oldest one's ``created_at``."""
+
+    unsealed: int
+    oldest: dt.datetime | None
+
+    def age_seconds(self, now: dt.datetime | None = None) -> float | None:
+        if self.oldest is None:
+            return None
+        return max(0.0, ((now or utcnow()) - self.oldest).total_seconds())
+
+
+def backlog() -> Backlog:
+    """The unsealed events (committed ones, as this session sees them)."""
+    count, oldest = db.session.execute(
+        select(func.count(), func.min(AuditEvent.created_at)).where(AuditEvent.hash.is_(None))
+    ).one()
+    return Backlog(int(count), oldest)
+
+
+# --- the sealer thread ------------------------------------------------------------------------
+
+
+class _Sealer:
+    """A daemon thread of one app in one process: sleeps until a commit recorded events,
+    waits ``interval`` seconds (so one transaction links many events), seals until nothing is
+    left, and sleeps again."""
+
+    def __init__(self, app: Flask, interval: float) -> None:
+        self.app = app
+        self.interval = interval
+        self.pid = os.getpid()
+        self.work = threading.Event()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="idp-audit-sealer", daemon=True)
+
+    def _run(self) -> None:
+        while not self.stopped.is_set():
+            self.work.wait()
+            if self.stopped.wait(self.interval):
+                return
+            self.work.clear()  # commits from now on wake the next round
+            with self.app.app_context():
+                try:
+                    while not self.stopped.is_set():
+                        sealed = _seal(SEAL_LIMIT)
+                        if sealed is None:
+                            self.work.set()  # another sealer has the head: try next round
+                            break
+                        if sealed < SEAL_LIMIT:
+                            break
+                except Exception:
+                    log.exception("audit events could not be sealed; retrying")
+                    self.work.set()
+                finally:
+                    db.session.remove()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.work.set()
+
+
+_SEALER_KEY = "idp.audit.sealer"
+_sealer_lock = threading.Lock()
+
+
+def wake_sealer(app: Flask) -> None:
+    """Tell ``app``'s sealer thread in this process that events were committed, starting it
+    first (on first use, and again after a fork, so each worker has its own). With
+    ``AUDIT_SEAL_INTERVAL`` = 0 there is no thread: ``idp audit seal`` links the events."""
+    interval = float(app.config["IDP"]["AUDIT_SEAL_INTERVAL"])
+    if interval <= 0:
         return
-    session.flush()  # everything else first, so the head is locked as briefly as possible
-    pending = session.info.pop(PENDING)
-    conn = session.connection(bind_arguments={"mapper": AuditEvent.__mapper__})
-    seq, previous = _lock_head(conn)
-    events = [e for _, e in pending]
-    for audit_event in events:
-        seq += 1
-        audit_event.seq = seq
-        audit_event.prev_hash = previous
-        audit_event.hash = previous = event_hash(**_hashed_fields(audit_event))
-    table = _HEAD_TABLE
-    conn.execute(
-        update(table).where(table.c.id == HEAD_ID).values(last_seq=seq, last_hash=previous)
-    )
-    session.add_all(events)
+    sealer = app.extensions.get(_SEALER_KEY)
+    if sealer is None or sealer.pid != os.getpid():
+        with _sealer_lock:
+            sealer = app.extensions.get(_SEALER_KEY)
+            if sealer is None or sealer.pid != os.getpid():
+                sealer = _Sealer(app, interval)
+                sealer.thread.start()
+                app.extensions[_SEALER_KEY] = sealer
+    sealer.work.set()
+
+
+def stop_sealer(app: Flask, timeout: float = 5) -> None:
+    """Stop ``app``'s sealer thread in this process, if it runs (for tests and shutdown)."""
+    sealer = app.extensions.pop(_SEALER_KEY, None)
+    if sealer is not None and sealer.pid == os.getpid():
+        sealer.stop()
+        sealer.thread.join(timeout)
 
 
 _HASHED = (
@@ -203,7 +317,8 @@ def _hashed_fields(source: AuditEvent | Row[Any]) -> dict[str, Any]:
 class ChainReport:
     """Outcome of ``verify_chain``: ``checked`` events read; when not ``ok``, the ``seq`` of the
     first broken link and why. ``last_hash`` is the hash of the last good event (record it
-    elsewhere to detect a rewritten chain later)."""
+    elsewhere to detect a rewritten chain later). ``unsealed`` events are committed but not in
+    the chain yet (not checked); the oldest of them is ``oldest_unsealed_age`` seconds old."""
 
     ok: bool
     checked: int
@@ -211,6 +326,8 @@ class ChainReport:
     reason: str | None = None
     last_seq: int = 0
     last_hash: str = GENESIS_HASH
+    unsealed: int = 0
+    oldest_unsealed_age: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -220,6 +337,8 @@ class ChainReport:
             "reason": self.reason,
             "last_seq": self.last_seq,
             "last_hash": self.last_hash,
+            "unsealed": self.unsealed,
+            "oldest_unsealed_age": self.oldest_unsealed_age,
         }
 
 
@@ -241,10 +360,13 @@ def _rows(up_to: int, batch: int) -> Iterator[Row[Any]]:
 
 
 def verify_chain(*, batch: int = VERIFY_BATCH) -> ChainReport:
-    """Walk the chain from seq 1 to the head as it is when the walk starts, in batches, and
-    return a ``ChainReport`` naming the first broken link: a missing seq (event deleted),
-    a ``prev_hash`` that is not the previous event's hash, a hash that does not match the
-    event's fields (a field changed), or a head that does not match the last event."""
+    """Walk the chain of sealed events from seq 1 to the head as it is when the walk starts,
+    in batches, and return a ``ChainReport`` naming the first broken link: a missing seq (event
+    deleted), a ``prev_hash`` that is not the previous event's hash, a hash that does not match
+    the event's fields (a field changed), or a head that does not match the last event. It
+    also counts the events not sealed yet (it does not seal: call ``seal_pending`` first)."""
+    pending = backlog()
+    unsealed, age = pending.unsealed, pending.age_seconds()
     head = db.session.execute(
         select(AuditChainHead.last_seq, AuditChainHead.last_hash).where(
             AuditChainHead.id == HEAD_ID
@@ -254,7 +376,7 @@ def verify_chain(*, batch: int = VERIFY_BATCH) -> ChainReport:
     expected, previous, checked = 1, GENESIS_HASH, 0
 
     def broken(seq: int, reason: str) -> ChainReport:
-        return ChainReport(False, checked, seq, reason, expected - 1, previous)
+        return ChainReport(False, checked, seq, reason, expected - 1, previous, unsealed, age)
 
     for row in _rows(head_seq, batch):
         if row.seq != expected:
@@ -271,9 +393,10 @@ def verify_chain(*, batch: int = VERIFY_BATCH) -> ChainReport:
         return broken(expected, f"event {expected} is missing (the head is at {head_seq})")
     if previous != head_hash:
         return broken(head_seq, f"the chain head's hash is not event {head_seq}'s hash")
-    if head is None and db.session.scalar(select(AuditEvent.seq).limit(1)) is not None:
+    sealed = select(AuditEvent.seq).where(AuditEvent.seq.is_not(None)).limit(1)
+    if head is None and db.session.scalar(sealed) is not None:
         return broken(1, "events exist but the chain head is missing")
-    return ChainReport(True, checked, None, None, head_seq, head_hash)
+    return ChainReport(True, checked, None, None, head_seq, head_hash, unsealed, age)
 
 
 # --- searching --------------------------------------------------------------------------------
@@ -288,12 +411,16 @@ def search_events(
     since: dt.datetime | None = None,
     until: dt.datetime | None = None,
     limit: int = 50,
+    before_id: int | None = None,
     before_seq: int | None = None,
 ) -> list[AuditEvent]:
-    """Events matching every given filter, newest first (by ``seq``), at most ``limit``
-    (1-500, clamped). ``tag_prefix`` matches the tag's start literally (``"oauth:"``,
-    ``"oauth:token:"``); ``since`` is inclusive, ``until`` exclusive. For the next page pass
-    the last event's ``seq`` as ``before_seq``."""
+    """Events matching every given filter, sealed or not, newest first by ``id`` (the order
+    they were recorded in; ``seq``, the chain's order, is the order they were sealed in, None
+    until then), at most ``limit`` (1-500, clamped). ``tag_prefix`` matches the tag's start
+    literally (``"oauth:"``, ``"oauth:token:"``); ``since`` is inclusive, ``until`` exclusive.
+    For the next page pass the last event's ``id`` as ``before_id``. ``before_seq`` keeps only
+    sealed events with a lower ``seq`` (still listed by ``id``): an older way to page, which
+    can skip an event whose transaction committed late; use ``before_id``."""
     query = select(AuditEvent)
     if company_id is not None:
         query = query.where(AuditEvent.company_id == company_id)
@@ -307,7 +434,9 @@ def search_events(
         query = query.where(AuditEvent.created_at >= since)
     if until is not None:
         query = query.where(AuditEvent.created_at < until)
+    if before_id is not None:
+        query = query.where(AuditEvent.id < before_id)
     if before_seq is not None:
         query = query.where(AuditEvent.seq < before_seq)
     limit = max(1, min(int(limit), SEARCH_MAX_LIMIT))
-    return list(db.session.scalars(query.order_by(AuditEvent.seq.desc()).limit(limit)))
+    return list(db.session.scalars(query.order_by(AuditEvent.id.desc()).limit(limit)))

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-01 20:14:41.909121
+Create Date: 2026-12-01 20:43:28.102063
 """
 
 from collections.abc import Sequence
@@ -29,7 +29,7 @@ def upgrade() -> None:
     )
     op.create_table('audit_events',
     sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('seq', sa.Integer(), nullable=False),
+    sa.Column('seq', sa.Integer(), nullable=True),
     sa.Column('tag', sa.String(length=64), nullable=False),
     sa.Column('actor', sa.String(length=200), nullable=False),
     sa.Column('subject', sa.String(length=200), nullable=True),
@@ -38,17 +38,19 @@ def upgrade() -> None:
     sa.Column('user_agent', sa.String(length=300), nullable=True),
     sa.Column('details', sa.JSON(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('prev_hash', sa.String(length=64), nullable=False),
-    sa.Column('hash', sa.String(length=64), nullable=False),
+    sa.Column('prev_hash', sa.String(length=64), nullable=True),
+    sa.Column('hash', sa.String(length=64), nullable=True),
+    sa.CheckConstraint('(seq IS NULL) = (hash IS NULL) AND (prev_hash IS NULL) = (hash IS NULL)', name=op.f('ck_audit_events_sealed_together')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_audit_events')),
     sa.UniqueConstraint('seq', name=op.f('uq_audit_events_seq'))
     )
     with op.batch_alter_table('audit_events', schema=None) as batch_op:
-        batch_op.create_index('ix_audit_events_actor_seq', ['actor', 'seq'], unique=False)
-        batch_op.create_index('ix_audit_events_company_id_seq', ['company_id', 'seq'], unique=False)
+        batch_op.create_index('ix_audit_events_actor_id', ['actor', 'id'], unique=False)
+        batch_op.create_index('ix_audit_events_company_id_id', ['company_id', 'id'], unique=False)
         batch_op.create_index(batch_op.f('ix_audit_events_created_at'), ['created_at'], unique=False)
-        batch_op.create_index('ix_audit_events_subject_seq', ['subject', 'seq'], unique=False)
+        batch_op.create_index('ix_audit_events_subject_id', ['subject', 'id'], unique=False)
         batch_op.create_index(batch_op.f('ix_audit_events_tag'), ['tag'], unique=False)
+        batch_op.create_index('ix_audit_events_unsealed', ['id'], unique=False, sqlite_where=sa.text('hash IS NULL'), postgresql_where=sa.text('hash IS NULL'))
 
     op.create_table('clients',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -507,11 +509,11 @@ def upgrade() -> None:
 
     # audit_events is append-only (idp.audit.ddl)
     if op.get_bind().dialect.name == 'sqlite':
-        op.execute("CREATE TRIGGER IF NOT EXISTS audit_events_no_update BEFORE UPDATE ON audit_events BEGIN SELECT RAISE(ABORT, 'audit_events is append-only'); END")
+        op.execute("CREATE TRIGGER IF NOT EXISTS audit_events_no_update BEFORE UPDATE ON audit_events WHEN NOT (OLD.seq IS NULL AND NEW.seq IS NOT NULL AND OLD.prev_hash IS NULL AND NEW.prev_hash IS NOT NULL AND OLD.hash IS NULL AND NEW.hash IS NOT NULL AND NEW.id IS OLD.id AND NEW.tag IS OLD.tag AND NEW.actor IS OLD.actor AND NEW.subject IS OLD.subject AND NEW.company_id IS OLD.company_id AND NEW.ip_address IS OLD.ip_address AND NEW.user_agent IS OLD.user_agent AND NEW.details IS OLD.details AND NEW.created_at IS OLD.created_at) BEGIN SELECT RAISE(ABORT, 'audit_events is append-only'); END")
         op.execute("CREATE TRIGGER IF NOT EXISTS audit_events_no_delete BEFORE DELETE ON audit_events BEGIN SELECT RAISE(ABORT, 'audit_events is append-only'); END")
 
     if op.get_bind().dialect.name == 'postgresql':
-        op.execute("CREATE FUNCTION audit_events_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'audit_events is append-only' USING ERRCODE = '55000'; END $$")
+        op.execute("CREATE FUNCTION audit_events_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF TG_OP = 'UPDATE' AND OLD.seq IS NULL AND NEW.seq IS NOT NULL AND OLD.prev_hash IS NULL AND NEW.prev_hash IS NOT NULL AND OLD.hash IS NULL AND NEW.hash IS NOT NULL AND to_jsonb(NEW) - 'seq' - 'prev_hash' - 'hash' = to_jsonb(OLD) - 'seq' - 'prev_hash' - 'hash' THEN RETURN NEW; END IF; RAISE EXCEPTION 'audit_events is append-only' USING ERRCODE = '55000'; END $$")
         op.execute('CREATE TRIGGER audit_events_append_only BEFORE UPDATE OR DELETE ON audit_events FOR EACH ROW EXECUTE FUNCTION audit_events_refuse_change()')
         op.execute('CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON audit_events FOR EACH STATEMENT EXECUTE FUNCTION audit_events_refuse_change()')
 
@@ -633,11 +635,12 @@ def downgrade() -> None:
     op.drop_table('companies')
     op.drop_table('clients')
     with op.batch_alter_table('audit_events', schema=None) as batch_op:
+        batch_op.drop_index('ix_audit_events_unsealed', sqlite_where=sa.text('hash IS NULL'), postgresql_where=sa.text('hash IS NULL'))
         batch_op.drop_index(batch_op.f('ix_audit_events_tag'))
-        batch_op.drop_index('ix_audit_events_subject_seq')
+        batch_op.drop_index('ix_audit_events_subject_id')
         batch_op.drop_index(batch_op.f('ix_audit_events_created_at'))
-        batch_op.drop_index('ix_audit_events_company_id_seq')
-        batch_op.drop_index('ix_audit_events_actor_seq')
+        batch_op.drop_index('ix_audit_events_company_id_id')
+        batch_op.drop_index('ix_audit_events_actor_id')
 
     op.drop_table('audit_events')
     op.drop_table('audit_chain_head')

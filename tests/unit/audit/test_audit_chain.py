@@ -1,11 +1,14 @@
-"""The audit log: typed tags, the hash chain built at commit, append-only tables, verify, search."""
+"""The audit log: typed tags, unsealed inserts sealed into the hash chain afterwards,
+append-only tables (but sealing), verify, search."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import re
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,7 @@ from idp.audit.models import (
     append_only_lifted,
     event_hash,
 )
-from idp.audit.services import Origin, record, search_events, verify_chain
+from idp.audit.services import Origin, record, seal_pending, search_events, verify_chain
 from idp.cli import cli
 from idp.config import ROOT
 from idp.extensions import db
@@ -42,7 +45,10 @@ def head() -> tuple[int, str] | None:
     return (row.last_seq, row.last_hash) if row else None
 
 
-def commit_events(n: int, tag: str = "tests:event:make", **fields: Any) -> None:
+def commit_events(
+    n: int, tag: str = "tests:event:make", *, seal: bool = True, **fields: Any
+) -> None:
+    """Record ``n`` events in one transaction, commit, and (``seal``) seal them."""
     for i in range(n):
         record(
             tag,
@@ -51,6 +57,8 @@ def commit_events(n: int, tag: str = "tests:event:make", **fields: Any) -> None:
             **{k: v for k, v in fields.items() if k != "actor"},
         )
     db.session.commit()
+    if seal:
+        seal_pending()
 
 
 def tamper(statement: Any) -> None:
@@ -116,7 +124,7 @@ def test_details_must_be_json() -> None:
 
 
 @pytest.mark.usefixtures("app_ctx")
-def test_events_are_linked_when_the_transaction_commits() -> None:
+def test_events_are_linked_when_sealed() -> None:
     event = record(
         "tests:event:make",
         actor="person:abc",
@@ -125,9 +133,15 @@ def test_events_are_linked_when_the_transaction_commits() -> None:
         origin=Origin("203.0.113.9", "Mozilla/5.0 瀏覽器"),
         details={"b": (1, 2), 3: "three", "名稱": "公司"},
     )
-    assert event.seq is None  # not linked (nor in the session) before the commit
-    assert db.session.scalar(select(func.count()).select_from(AuditEvent)) == 0
+    assert event.seq is None
     db.session.commit()
+    # Committed unsealed: in the table, not in the chain, the head untouched.
+    [unsealed] = events()
+    assert (unsealed.seq, unsealed.prev_hash, unsealed.hash) == (None, None, None)
+    assert head() is None
+    db.session.rollback()
+    assert seal_pending() == 1
+    assert seal_pending() == 0
 
     [stored] = events()
     assert stored.seq == 1
@@ -151,6 +165,7 @@ def test_chain_over_several_transactions_is_gap_free() -> None:
     assert [e.seq for e in chain] == [1, 2, 3, 4, 5, 6]
     assert [e.prev_hash for e in chain] == [GENESIS_HASH] + [e.hash for e in chain[:-1]]
     assert head() == (6, chain[-1].hash)
+    assert chain[-1].hash is not None
     assert verify_chain() == audit.ChainReport(True, 6, None, None, 6, chain[-1].hash)
 
 
@@ -182,6 +197,7 @@ def test_savepoints_keep_their_events_only_when_released() -> None:
             deeper.rollback()
     record("tests:outer:after", actor="system")
     db.session.commit()
+    assert seal_pending() == 3
     chain = events()
     assert [(e.seq, e.tag) for e in chain] == [
         (1, "tests:outer:before"),
@@ -203,7 +219,8 @@ def test_nothing_pending_survives_a_rollback_or_removal() -> None:
 
 
 def test_interleaved_sessions_link_in_commit_order(app: Flask) -> None:
-    """Two sessions (two connections): the one that commits first gets the lower seq."""
+    """Two sessions (two connections): the one that commits first gets the lower seq (on
+    SQLite its INSERT also comes first)."""
     with app.app_context():
         record("tests:session:first_recorded", actor="system")
         with app.app_context():  # a second app context: another session and connection
@@ -211,6 +228,7 @@ def test_interleaved_sessions_link_in_commit_order(app: Flask) -> None:
             db.session.commit()
             db.session.remove()
         db.session.commit()
+        assert seal_pending() == 2
         assert [(e.seq, e.tag) for e in events()] == [
             (1, "tests:session:second_recorded"),
             (2, "tests:session:first_recorded"),
@@ -244,44 +262,139 @@ def test_concurrent_workers_build_one_chain(app: Flask) -> None:
         thread.join(timeout=120)
     assert not errors
     with app.app_context():
+        assert seal_pending(limit=7) == 7
+        assert seal_pending() == workers * commits * 2 - 7
         chain = events()
         assert [e.seq for e in chain] == list(range(1, workers * commits * 2 + 1))
-        # A transaction's two events are adjacent: the head is locked for the whole commit.
-        for first, second in zip(chain[::2], chain[1::2], strict=True):
-            assert first.actor == second.actor
-            assert first.details["i"] == second.details["i"]
+        # No lock any more keeps one transaction's events adjacent, but each worker's events
+        # are in the chain in the order it recorded them.
+        for n in range(workers):
+            mine = [(e.details["i"], "b" in e.details) for e in chain if e.actor == f"worker:{n}"]
+            assert mine == [(i, b) for i in range(commits) for b in (False, True)]
         report = verify_chain(batch=7)
         assert report.ok
         assert report.checked == workers * commits * 2
 
 
 @pytest.mark.skipif(not ON_POSTGRES, reason="row locks need PostgreSQL")
-def test_a_committing_transaction_holds_the_head_until_it_ends(app: Flask) -> None:
-    """While one transaction has linked its events but not finished committing, another
-    one's commit waits for it rather than forking the chain."""
+def test_recording_takes_no_lock_and_a_busy_head_is_skipped(app: Flask) -> None:
+    """While a third connection holds the head, two sessions record and commit at once, and
+    a sealer skips its round rather than queue; once the head is free the events are sealed."""
     with app.app_context():
         commit_events(1)
         conn = db.engine.connect()
         try:
             conn.execute(text("SELECT last_seq FROM audit_chain_head FOR UPDATE"))
-            done = threading.Event()
+            barrier = threading.Barrier(2)
+            done: list[int] = []
 
-            def other() -> None:
+            def other(n: int) -> None:
                 with app.app_context():
-                    commit_events(1, actor="other")
+                    record("tests:session:concurrent", actor=f"worker:{n}")
+                    db.session.flush()
+                    barrier.wait(5)  # both hold an uncommitted INSERT at once
+                    db.session.commit()
                     db.session.remove()
-                    done.set()
+                    done.append(n)
 
-            thread = threading.Thread(target=other)
-            thread.start()
-            assert not done.wait(0.5)  # blocked on the head's row lock
+            threads = [threading.Thread(target=other, args=(n,)) for n in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(10)
+            assert sorted(done) == [0, 1]  # neither waited for the head
+            started = time.monotonic()
+            assert seal_pending() == 0  # skipped: the head is taken
+            assert time.monotonic() - started < 2
+            db.session.rollback()
+            assert [e.seq for e in events()] == [1, None, None]
             conn.rollback()
-            assert done.wait(10)
-            thread.join()
         finally:
             conn.close()
-        assert [e.seq for e in events()] == [1, 2]
+        assert seal_pending() == 2
+        assert [e.seq for e in events()] == [1, 2, 3]
         assert verify_chain().ok
+
+
+@pytest.mark.skipif(not ON_POSTGRES, reason="two open writers need PostgreSQL")
+def test_an_event_committed_late_gets_a_later_seq(app: Flask) -> None:
+    with app.app_context():
+        record("tests:event:recorded_first", actor="system")
+        db.session.flush()  # the lower id, not committed yet
+        first_id = db.session.scalar(select(func.max(AuditEvent.id))) or 0
+        with app.app_context():
+            commit_events(1, tag="tests:event:committed_first")
+            [sealed] = events()
+            assert sealed.seq == 1
+            assert sealed.id > first_id
+            db.session.remove()
+        db.session.commit()
+        assert seal_pending() == 1
+        assert [(e.seq, e.tag) for e in events()] == [
+            (1, "tests:event:committed_first"),
+            (2, "tests:event:recorded_first"),
+        ]
+        assert verify_chain().ok
+
+
+@pytest.mark.usefixtures("app_ctx")
+def test_sealing_follows_id_order_and_continues_the_head() -> None:
+    commit_events(3, seal=False)
+    commit_events(2, seal=False, actor="later")
+    assert seal_pending(limit=2) == 2
+    assert seal_pending(limit=2) == 2
+    commit_events(1, seal=False, actor="last")
+    assert seal_pending() == 2
+    chain = events()
+    assert [e.seq for e in chain] == [1, 2, 3, 4, 5, 6]
+    assert [e.id for e in chain] == sorted(e.id for e in chain)
+    assert [e.actor for e in chain] == ["system"] * 3 + ["later"] * 2 + ["last"]
+    assert head() == (6, chain[-1].hash)
+    assert verify_chain().ok
+
+
+@pytest.mark.usefixtures("app_ctx")
+def test_a_rollback_leaves_nothing_to_seal() -> None:
+    record("tests:event:lost", actor="system")
+    db.session.flush()
+    db.session.rollback()
+    assert seal_pending() == 0
+    assert events() == []
+    assert audit.backlog() == audit.Backlog(0, None)
+
+
+def test_the_sealer_thread_seals_within_the_interval(make_app: Callable[..., Flask]) -> None:
+    app = make_app(AUDIT_SEAL_INTERVAL=0.2)
+    try:
+        with app.app_context():
+            commit_events(2, seal=False)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and audit.backlog().unsealed:
+                db.session.rollback()
+                time.sleep(0.05)
+            db.session.rollback()
+            assert time.monotonic() < deadline
+            assert [e.seq for e in events()] == [1, 2]
+            sealer = app.extensions[audit._SEALER_KEY]
+            assert sealer.thread.is_alive()
+            assert sealer.thread.daemon
+            commit_events(1, seal=False)  # the same thread, woken again
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and audit.backlog().unsealed:
+                db.session.rollback()
+                time.sleep(0.05)
+            assert app.extensions[audit._SEALER_KEY] is sealer
+            assert verify_chain().checked == 3
+    finally:
+        audit.stop_sealer(app)
+    assert not sealer.thread.is_alive()
+
+
+def test_no_sealer_thread_when_the_interval_is_zero(app_ctx: Flask) -> None:
+    commit_events(1, seal=False)
+    assert audit._SEALER_KEY not in app_ctx.extensions
+    time.sleep(0.1)
+    assert audit.backlog().unsealed == 1
 
 
 # --- verify -----------------------------------------------------------------------------------
@@ -305,6 +418,7 @@ def chain_of_six(app_ctx: Flask) -> list[AuditEvent]:
         )
         record("tests:event:other", actor="system")
         db.session.commit()
+    seal_pending()
     chain = events()
     db.session.rollback()
     assert verify_chain(batch=2).ok
@@ -386,6 +500,20 @@ def test_verify_names_a_head_out_of_step(chain_of_six: list[AuditEvent]) -> None
     assert report.reason == "events exist but the chain head is missing"
 
 
+@pytest.mark.usefixtures("app_ctx")
+def test_verify_reports_the_unsealed_events() -> None:
+    commit_events(2)
+    commit_events(3, seal=False)
+    report = verify_chain()
+    assert (report.ok, report.checked, report.last_seq, report.unsealed) == (True, 2, 2, 3)
+    assert report.oldest_unsealed_age is not None
+    assert 0 <= report.oldest_unsealed_age < 60
+    assert report.as_dict()["unsealed"] == 3
+    seal_pending()
+    report = verify_chain()
+    assert (report.checked, report.unsealed, report.oldest_unsealed_age) == (5, 0, None)
+
+
 def test_verify_ignores_events_committed_after_it_read_the_head(
     chain_of_six: list[AuditEvent],
 ) -> None:
@@ -410,6 +538,34 @@ def test_cli_audit_verify(chain_of_six: list[AuditEvent], runner: FlaskCliRunner
     assert '"first_broken_seq": 2' in result.output
 
 
+@pytest.mark.usefixtures("app_ctx")
+def test_cli_audit_verify_seals_first_unless_told_not_to(runner: FlaskCliRunner) -> None:
+    commit_events(2, seal=False)
+    result = runner.invoke(cli, ["audit", "verify", "--no-seal"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("ok: 0 events, chain head 0 ")
+    assert "2 events not sealed yet (oldest " in result.output
+    result = runner.invoke(cli, ["audit", "verify"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("ok: 2 events, chain head 2 ")
+    assert "no events waiting to be sealed" in result.output
+    db.session.rollback()
+    assert [e.seq for e in events()] == [1, 2]
+
+
+@pytest.mark.usefixtures("app_ctx")
+def test_cli_audit_seal(runner: FlaskCliRunner) -> None:
+    commit_events(3, seal=False)
+    result = runner.invoke(cli, ["audit", "seal"])
+    assert result.exit_code == 0, result.output
+    assert result.output == "sealed 3 events; no events waiting to be sealed\n"
+    result = runner.invoke(cli, ["audit", "seal", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == {"sealed": 0, "unsealed": 0, "oldest_unsealed_age": None}
+    db.session.rollback()
+    assert verify_chain().checked == 3
+
+
 # --- append-only ------------------------------------------------------------------------------
 
 
@@ -431,6 +587,60 @@ def test_the_database_refuses_updates_and_deletes() -> None:
     assert verify_chain().ok
 
 
+def _unsealed_row() -> AuditEvent:
+    commit_events(1, seal=False, actor="person:p", subject="client:c")
+    [row] = [e for e in events() if e.hash is None]
+    db.session.rollback()
+    return row
+
+
+def _sealing(row: AuditEvent, **more: Any) -> Any:
+    return (
+        update(AuditEvent)
+        .where(AuditEvent.id == row.id)
+        .values(seq=99, prev_hash="a" * 64, hash="b" * 64, **more)
+    )
+
+
+@pytest.mark.parametrize(
+    "more",
+    [
+        {"actor": "forged"},
+        {"subject": None},
+        {"tag": "tests:event:forged"},
+        {"company_id": 5},
+        {"details": {"i": 9}},
+        {"created_at": dt.datetime(2020, 1, 1, tzinfo=dt.UTC)},
+        {"ip_address": "192.0.2.9"},
+    ],
+)
+@pytest.mark.usefixtures("app_ctx")
+def test_sealing_may_change_nothing_else(more: dict[str, Any]) -> None:
+    row = _unsealed_row()
+    _refused(_sealing(row, **more))
+    _refused(update(AuditEvent).where(AuditEvent.id == row.id).values(**more))
+    assert events()[0].hash is None
+
+
+@pytest.mark.usefixtures("app_ctx")
+def test_only_an_unsealed_row_is_sealed_and_only_once() -> None:
+    row = _unsealed_row()
+    # All three chain columns at once, or nothing.
+    with pytest.raises(DBAPIError):
+        db.session.execute(update(AuditEvent).where(AuditEvent.id == row.id).values(hash="b" * 64))
+    db.session.rollback()
+    _refused(update(AuditEvent).where(AuditEvent.id == row.id).values(seq=None))
+    _refused(delete(AuditEvent).where(AuditEvent.id == row.id))
+    # The one UPDATE allowed: filling seq/prev_hash/hash of an unsealed row.
+    db.session.execute(_sealing(row))
+    db.session.commit()
+    assert (events()[0].seq, events()[0].hash) == (99, "b" * 64)
+    db.session.rollback()
+    _refused(update(AuditEvent).where(AuditEvent.id == row.id).values(hash="c" * 64))
+    _refused(update(AuditEvent).where(AuditEvent.id == row.id).values(seq=None, hash=None))
+    _refused(_sealing(row))
+
+
 def test_the_migrated_database_refuses_updates_and_deletes(
     make_app: Callable[..., Flask], tmp_path: Path
 ) -> None:
@@ -440,7 +650,10 @@ def test_the_migrated_database_refuses_updates_and_deletes(
         commit_events(2)
         _refused(update(AuditEvent).values(actor="forged"))
         _refused(delete(AuditEvent))
-        assert verify_chain().ok
+        row = _unsealed_row()
+        _refused(_sealing(row, actor="forged"))
+        assert seal_pending() == 1  # the migration's triggers let the sealer through
+        assert verify_chain().checked == 3
         schema.downgrade("base")
         schema.upgrade()
         assert events() == []
@@ -460,9 +673,10 @@ def searchable(app_ctx: Flask) -> None:
     for i in range(10):
         record("consent:consent:grant", actor="person:3", company_id=3, details={"i": i})
     db.session.commit()
+    seal_pending()
 
 
-def seqs(found: list[AuditEvent]) -> list[int]:
+def seqs(found: list[AuditEvent]) -> list[int | None]:
     return [e.seq for e in found]
 
 
@@ -499,6 +713,25 @@ def test_search_pages_by_seq() -> None:
 
 
 @pytest.mark.usefixtures("searchable")
+def test_search_pages_by_id() -> None:
+    first = search_events(company_id=3, limit=4)
+    second = search_events(company_id=3, limit=4, before_id=first[-1].id)
+    assert seqs(second) == [11, 10, 9, 8]
+    assert search_events(company_id=3, before_id=min(e.id for e in second) - 3) == []
+
+
+@pytest.mark.usefixtures("searchable")
+def test_search_lists_unsealed_events_by_id() -> None:
+    record("oauth:token:issue", actor="client:a", company_id=1)
+    db.session.commit()
+    found = search_events(company_id=1)
+    assert seqs(found) == [None, 4, 1]
+    assert found[0].tag == "oauth:token:issue"
+    assert found[0].hash is None
+    assert seqs(search_events(company_id=1, before_id=found[0].id)) == [4, 1]
+
+
+@pytest.mark.usefixtures("searchable")
 def test_search_limit_is_clamped() -> None:
     assert len(search_events(limit=0)) == 1
     assert len(search_events(limit=-5)) == 1
@@ -510,16 +743,20 @@ def test_search_uses_the_indexes(app_ctx: Flask) -> None:
     if db.engine.dialect.name != "sqlite":
         pytest.skip("EXPLAIN QUERY PLAN is SQLite's")
     for where, index in [
-        ("company_id = 1", "ix_audit_events_company_id_seq"),
-        ("actor = 'x'", "ix_audit_events_actor_seq"),
-        ("subject = 'x'", "ix_audit_events_subject_seq"),
+        ("company_id = 1", "ix_audit_events_company_id_id"),
+        ("actor = 'x'", "ix_audit_events_actor_id"),
+        ("subject = 'x'", "ix_audit_events_subject_id"),
     ]:
         plan = db.session.execute(
             text(
                 f"EXPLAIN QUERY PLAN SELECT * FROM audit_events WHERE {where} "  # noqa: S608
-                "AND seq < 100 ORDER BY seq DESC LIMIT 50"
+                "AND id < 100 ORDER BY id DESC LIMIT 50"
             )
         ).all()
         details = " ".join(str(row[-1]) for row in plan)
         assert index in details, details
         assert "TEMP B-TREE" not in details
+    plan = db.session.execute(
+        text("EXPLAIN QUERY PLAN SELECT id FROM audit_events WHERE hash IS NULL ORDER BY id")
+    ).all()
+    assert "ix_audit_events_unsealed" in " ".join(str(row[-1]) for row in plan)
