@@ -146,13 +146,14 @@ def get_consent(company: Company, consent_id: int) -> Consent:
     return consent
 
 
-def company_events(company: Company, *, before_seq: int | None = None) -> list[AuditEvent]:
+def company_events(company: Company, *, before_id: int | None = None) -> list[AuditEvent]:
     """The company's audit events, newest first, a page at a time."""
-    return audit.search_events(company_id=company.id, limit=AUDIT_PAGE, before_seq=before_seq)
+    return audit.search_events(company_id=company.id, limit=AUDIT_PAGE, before_id=before_id)
 
 
 def audit_page_start(raw: object) -> int | None:
-    """The ``before`` parameter of an audit page: a sequence number, else the newest page."""
+    """The ``before`` parameter of an audit page: an event id (pages list by id, newest first:
+    events are sealed into the chain a moment after they are written), else the newest page."""
     if not isinstance(raw, str) or not raw.isascii() or not raw.isdigit() or len(raw) > 9:
         return None
     return int(raw)

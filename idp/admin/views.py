@@ -423,7 +423,7 @@ def audit() -> Response:
         subject=filters["subject"] or None,
         company_id=company_id,
         limit=scope.AUDIT_PAGE,
-        before_seq=scope.audit_page_start(request.args.get("before")),
+        before_id=scope.audit_page_start(request.args.get("before")),
     )
     return page(
         "admin/audit.html", events=events, filters=filters, company=None, page_size=scope.AUDIT_PAGE

@@ -244,7 +244,7 @@ def consent_revoke(br: str, raw_id: str) -> Response:
 def audit(br: str) -> Response:
     _, company = _admin(br)
     events = scope.company_events(
-        company, before_seq=scope.audit_page_start(request.args.get("before"))
+        company, before_id=scope.audit_page_start(request.args.get("before"))
     )
     return page(
         "admin/audit.html", company=company, events=events, filters={}, page_size=scope.AUDIT_PAGE

@@ -26,6 +26,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from idp import create_app, schema
 from idp.audit.models import append_only_lifted
+from idp.audit.services import stop_sealer
 from idp.demo import DemoSeed, seed_demo
 from idp.extensions import db
 from idp.keys import services as keys
@@ -164,6 +165,7 @@ def e2e_server(tmp_path_factory: pytest.TempPathFactory, redis_url: str | None) 
             server.shutdown()
             server.server_close()
             thread.join(5)
+            stop_sealer(app)  # before its database goes away
             with app.app_context():
                 db.session.remove()
                 db.engine.dispose()

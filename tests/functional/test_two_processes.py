@@ -95,8 +95,11 @@ def workers(scratch_database: str, tmp_path: Path) -> Iterator[tuple[Flask, Work
         first = start("")
         issuer = first.base
         second = start(issuer)
+        # No sealer thread in this process: the scratch database is dropped at the end, the
+        # serving processes seal their own events.
         setup = create_app({"ISSUER": issuer, "DATABASE_URL": scratch_database,
-                            "KEYS_DIR": keys_dir, "SECRET_KEY": SECRET_KEY})
+                            "KEYS_DIR": keys_dir, "SECRET_KEY": SECRET_KEY,
+                            "AUDIT_SEAL_INTERVAL": 0})
         with setup.app_context():
             schema.upgrade()
             keys.ensure_keys(actor="tests")
