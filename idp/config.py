@@ -58,6 +58,8 @@ DEFAULTS: dict[str, Any] = {
     "RATE_LIMIT_SOURCE_PER_MINUTE": 30_000,
     # Largest request body accepted, in bytes (a fast 413 beyond it).
     "MAX_CONTENT_LENGTH": 64 * 1024,
+    # Largest register CSV the operator console accepts (one route); bigger ones: the CLI.
+    "REGISTER_UPLOAD_MAX_BYTES": 5 * 1024 * 1024,
     # Largest JWT (client assertion, id_token_hint, token to introspect) accepted, in bytes.
     "MAX_JWT_LENGTH": 8 * 1024,
     # Idle timeout of a sign-in session in seconds.

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, json, request, session, url_for
+from flask import Blueprint, Response, current_app, json, request, session, url_for
 
 from idp.admin import pages
 from idp.admin import services as admin
@@ -20,6 +20,7 @@ from idp.errors import IdpError, ValidationError, api_view, page_error
 from idp.keys import services as keys
 from idp.orgs import services as orgs
 from idp.orgs.models import CompanyStatus
+from idp.web import csrf
 
 bp = Blueprint("admin", __name__)
 
@@ -351,6 +352,49 @@ def companies() -> Response:
     query = pages.query_text("q", limit=300)
     found = register.search_companies(query, limit=50) if query else []
     return page("admin/companies.html", query=query, companies=found)
+
+
+def _import_page(status: int = 200, **context: Any) -> Response:
+    limit = int(current_app.config["IDP"]["REGISTER_UPLOAD_MAX_BYTES"])
+    context.setdefault("report", None)
+    context.setdefault("error", None)
+    return page("admin/companies_import.html", status=status, max_bytes=limit, **context)
+
+
+@bp.get("/operator/companies/import")
+@guarded
+def companies_import_form() -> Response:
+    """Upload a register CSV (step-up first, so that the upload is not lost to one)."""
+    _operator()
+    try:
+        admin.require_fresh_assertion(signed_in())
+    except admin.StepUpRequired:
+        return pages.stepup_redirect(url_for("admin.companies_import_form"))
+    return _import_page()
+
+
+@bp.post("/operator/companies/import")
+@csrf.exempt  # checked below, once this route's larger body limit is set
+@guarded
+def companies_import() -> Response:
+    """Import an uploaded register CSV; the report is the answer (a page, not a 303)."""
+    from idp.admin import imports
+
+    limit = int(current_app.config["IDP"]["REGISTER_UPLOAD_MAX_BYTES"])
+    request.max_content_length = limit
+    csrf.protect()
+    operator = _operator()
+    admin.require_fresh_assertion(signed_in())
+    upload = request.files.get("file")
+    try:
+        if upload is None or not upload.filename:
+            raise ValidationError("Choose a CSV file.")
+        report = imports.import_upload(
+            upload.read(limit + 1), filename=upload.filename, actor=admin.actor_of(operator)
+        )
+    except IdpError as exc:
+        return _import_page(exc.status, error=exc.message)
+    return _import_page(report=report)
 
 
 @bp.get("/operator/companies/<br>")

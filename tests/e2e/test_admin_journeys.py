@@ -1,7 +1,8 @@
 """The company admin and operator journeys in headless Chromium with a virtual authenticator
 per tab: an admin invites and a member enrols; the admin revokes the member's key and the
 member's access token turns inactive at introspection; two operators rotate a signing key with
-four eyes (the second confirming with a step-up)."""
+four eyes (the second confirming with a step-up); an operator imports a register CSV and finds
+an imported company on the companies page."""
 
 from __future__ import annotations
 
@@ -178,3 +179,31 @@ def test_two_operators_rotate_a_signing_key(live: Live, new_tab: Callable[..., T
         db.session.remove()
     assert len(new) == 1
     expect(page.get_by_text(next(iter(new)), exact=True)).to_be_visible()
+
+
+def test_operator_imports_a_register(live: Live, new_tab: Callable[..., Tab]) -> None:
+    tab = _operator_tab(live, new_tab, "ops@corpid.example", "Operator One")
+    page = tab.page
+    page.get_by_role("link", name="Companies").click()
+    page.get_by_role("link", name="Import the register (CSV)").click()
+    csv_text = (
+        "br_number,name_en,name_zh,status\n"
+        "32000001,Lantau Cable Cars Limited,大嶼山纜車有限公司,live\n"
+        "32000002,Lantau Fisheries Limited,,dormant\n"
+        "12AB,Broken Number Limited,,live\n"
+    )
+    page.get_by_label(re.compile("^Register file")).set_input_files(
+        files=[{"name": "register.csv", "mimeType": "text/csv",
+                "buffer": csv_text.encode()}])
+    page.get_by_role("button", name="Import").click()
+    expect(page.locator("#import-inserted")).to_have_text("2")
+    expect(page.locator("#import-rejected")).to_have_text("1")
+    expect(page.locator("#import-rejects")).to_contain_text("bad_br_number")
+    expect(page.locator("#import-audit")).to_contain_text("orgs:register:import")
+
+    page.get_by_role("link", name="Companies").click()
+    page.get_by_label("BR number or start of the name").fill("lantau c")
+    page.get_by_role("button", name="Search").click()
+    expect(page.get_by_role("link", name="32000001")).to_be_visible()
+    expect(page.locator("table")).to_contain_text("Lantau Cable Cars Limited")
+    expect(page.locator("table")).not_to_contain_text("Lantau Fisheries Limited")
