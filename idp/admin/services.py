@@ -154,14 +154,12 @@ def begin_operator_enrolment(
     Raises ``NotFoundError`` and ``ValidationError``."""
     invitation = find_operator_invitation(token)
     name = (
-        ceremonies._clean_name(key_name, field="key_name", limit=100, required=False)
+        ceremonies.clean_name(key_name, field="key_name", limit=100, required=False)
         or ceremonies.DEFAULT_KEY_NAME
     )
-    shown = str(
-        ceremonies._clean_name(display_name, field="display_name", limit=200, required=True)
-    )
+    shown = str(ceremonies.clean_name(display_name, field="display_name", limit=200, required=True))
     subject = new_public_id()
-    challenge = ceremonies._issue_challenge(
+    challenge = ceremonies.issue_challenge(
         ceremony=ceremonies.REGISTER,
         binding=binding,
         scope=f"operator-invitation:{invitation.id}",
@@ -180,7 +178,7 @@ def begin_operator_enrolment(
         user_display_name=shown,
         challenge=challenge,
         exclude_credentials=[],
-        timeout_ms=ceremonies._ttl() * 1000,
+        timeout_ms=ceremonies.timeout_ms_setting(),
     )
 
 
@@ -192,7 +190,7 @@ def finish_operator_enrolment(
     the key is refused. Raises ``WebAuthnError``, ``AttestationRefused``, ``NotFoundError``."""
     invitation = find_operator_invitation(token)
     cred, facts = wa.read_registration(credential)
-    row = ceremonies._claim_challenge(
+    row = ceremonies.claim_challenge(
         facts.challenge,
         ceremony=ceremonies.REGISTER,
         binding=binding,
@@ -310,7 +308,7 @@ def begin_stepup(*, session: LoginSession, binding: str) -> dict[str, Any]:
     """Request options for a step-up in ``session``: the challenge is bound to the session
     (and the browser); only the session's person's keys are offered."""
     allowed = ceremonies.keys_of(session.person_id)
-    challenge = ceremonies._issue_challenge(
+    challenge = ceremonies.issue_challenge(
         ceremony=ceremonies.LOGIN,
         binding=binding,
         scope=_stepup_scope(session),
@@ -320,7 +318,7 @@ def begin_stepup(*, session: LoginSession, binding: str) -> dict[str, Any]:
         rp_id=ceremonies.rp_id(),
         challenge=challenge,
         allow_credentials=[(k.credential_id, list(k.transports or [])) for k in allowed],
-        timeout_ms=ceremonies._ttl() * 1000,
+        timeout_ms=ceremonies.timeout_ms_setting(),
     )
 
 

@@ -80,7 +80,7 @@ def _ttl() -> int:
     return int(_cfg().get("WEBAUTHN_CHALLENGE_TTL", 300))
 
 
-def _timeout_ms() -> int:
+def timeout_ms_setting() -> int:
     """How long the browser waits for the key; the page says what to do when it ends."""
     return int(_cfg().get("WEBAUTHN_TIMEOUT_MS", 120_000))
 
@@ -97,7 +97,9 @@ def _binding_hash(ceremony: str, binding: str, scope: str) -> str:
     return digest(f"{ceremony}\x00{binding}\x00{scope}")
 
 
-def _issue_challenge(*, ceremony: str, binding: str, scope: str, data: dict[str, Any]) -> bytes:
+def issue_challenge(*, ceremony: str, binding: str, scope: str, data: dict[str, Any]) -> bytes:
+    """A new challenge for ``ceremony``, stored as a digest with ``data``, bound to the browser
+    (``binding``) and to ``scope``, expiring after the challenge TTL. Committed."""
     challenge = secrets.token_bytes(32)
     now = utcnow()
     db.session.add(
@@ -114,7 +116,7 @@ def _issue_challenge(*, ceremony: str, binding: str, scope: str, data: dict[str,
     return challenge
 
 
-def _claim_challenge(
+def claim_challenge(
     challenge: bytes, *, ceremony: str, binding: str, scope: str
 ) -> WebAuthnChallenge:
     """The stored challenge, claimed for this use (one conditional UPDATE, committed): a
@@ -186,7 +188,9 @@ def user_handle(person: Person) -> bytes:
 # --- enrolment ---------------------------------------------------------------------------------
 
 
-def _clean_name(value: object, *, field: str, limit: int, required: bool) -> str | None:
+def clean_name(value: object, *, field: str, limit: int, required: bool) -> str | None:
+    """A person's or key's name, trimmed; ``ValidationError`` if missing (when ``required``),
+    too long or holding control characters."""
     if value is None or (isinstance(value, str) and not value.strip()):
         if required:
             raise ValidationError(f"{field}: a name is required")
@@ -215,12 +219,12 @@ def begin_enrolment(
     Returns PublicKeyCredentialCreationOptions (JSON form). Raises ``NotFoundError`` for an
     invitation that is unknown, used or expired, ``ValidationError`` for a bad name."""
     invitation = orgs.find_valid_invitation(token)
-    name = _clean_name(key_name, field="key_name", limit=100, required=False) or DEFAULT_KEY_NAME
+    name = clean_name(key_name, field="key_name", limit=100, required=False) or DEFAULT_KEY_NAME
     if person is not None:
         subject, shown = person.subject, person.display_name
         exclude = [_descriptor(k) for k in _live_keys([person.id])]
     else:
-        shown = str(_clean_name(display_name, field="display_name", limit=200, required=True))
+        shown = str(clean_name(display_name, field="display_name", limit=200, required=True))
         subject, exclude = new_public_id(), []
     data = {
         "invitation_id": invitation.id,
@@ -229,7 +233,7 @@ def begin_enrolment(
         "display_name": shown,
         "key_name": name,
     }
-    challenge = _issue_challenge(
+    challenge = issue_challenge(
         ceremony=REGISTER, binding=binding, scope=f"invitation:{invitation.id}", data=data
     )
     return wa.registration_options(
@@ -240,7 +244,7 @@ def begin_enrolment(
         user_display_name=shown,
         challenge=challenge,
         exclude_credentials=exclude,
-        timeout_ms=_timeout_ms(),
+        timeout_ms=timeout_ms_setting(),
     )
 
 
@@ -300,7 +304,7 @@ def _finish_enrolment(
 ) -> SignedIn:
     cred, facts = wa.read_registration(credential)
     seen["facts"] = facts
-    row = _claim_challenge(
+    row = claim_challenge(
         facts.challenge, ceremony=REGISTER, binding=binding, scope=f"invitation:{invitation.id}"
     )
     data = dict(row.data)
@@ -420,14 +424,14 @@ def begin_login(*, binding: str, scope: str, login_hint: str | None = None) -> d
     Returns PublicKeyCredentialRequestOptions (JSON form)."""
     keys = _live_keys(_hinted_people(login_hint))
     allowed = [wa.b64url_encode(k.credential_id) for k in keys]
-    challenge = _issue_challenge(
+    challenge = issue_challenge(
         ceremony=LOGIN, binding=binding, scope=scope, data={"allow": allowed}
     )
     return wa.authentication_options(
         rp_id=rp_id(),
         challenge=challenge,
         allow_credentials=[_descriptor(k) for k in keys],
-        timeout_ms=_timeout_ms(),
+        timeout_ms=timeout_ms_setting(),
     )
 
 
@@ -456,7 +460,7 @@ def _finish_login(
     person_id: list[int | None],
 ) -> SignedIn:
     cred, facts = wa.read_assertion(credential)
-    row = _claim_challenge(facts.challenge, ceremony=LOGIN, binding=binding, scope=scope)
+    row = claim_challenge(facts.challenge, ceremony=LOGIN, binding=binding, scope=scope)
     key = db.session.scalar(
         select(SecurityKey).where(SecurityKey.credential_id == facts.credential_id)
     )

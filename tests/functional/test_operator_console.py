@@ -387,3 +387,15 @@ def test_audit_pages_reach_unsealed_events(ctx: Live, browser: Callable[[], Brow
     assert "n:019" in second.text
     assert "n:000" in second.text
     assert "n:119" not in second.text
+
+
+def test_console_ceremonies_use_the_webauthn_timeout(ctx: Live) -> None:
+    """Operator enrolment asks the browser to wait IDP_WEBAUTHN_TIMEOUT_MS, like every other
+    ceremony (not the challenge's lifetime)."""
+    from idp.admin import services as admin
+
+    _, token = admin.create_operator_invitation(email="ops9@corpid.example", created_by="tests")
+    options = admin.begin_operator_enrolment(token=token, binding="b" * 43,
+                                             display_name="Operator Nine")
+    assert options["timeout"] == ctx.config()["WEBAUTHN_TIMEOUT_MS"]
+    assert options["timeout"] != ctx.config()["WEBAUTHN_CHALLENGE_TTL"] * 1000
