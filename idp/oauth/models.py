@@ -38,6 +38,12 @@ class AuthorizationCode(Base, AuthorizationCodeMixin):
     amr: Mapped[list[str]] = mapped_column(JSON, default=list)
     # The OIDC `claims` request parameter, parsed.
     claims_request: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # RFC 9396 authorization details granted with the code (validated, as JSON).
+    authorization_details: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    # RFC 9449 §10: the DPoP key thumbprint the code is bound to (PAR or authorize dpop_jkt).
+    dpop_jkt: Mapped[str | None] = mapped_column(String(64))
+    # The consent the person gave (or relied on) for this authorization.
+    consent_id: Mapped[int | None] = mapped_column(ForeignKey("consents.id", ondelete="SET NULL"))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[dt.datetime] = mapped_column(index=True)
     used_at: Mapped[dt.datetime | None]
@@ -93,6 +99,14 @@ class Grant(Base):
     )
     scope: Mapped[str] = mapped_column(Text)
     claims_request: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # RFC 9396 authorization details granted (in token responses, introspection, tokens).
+    authorization_details: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    # RFC 9449: thumbprint of the DPoP key every token of this family is bound to (cnf.jkt).
+    cnf_jkt: Mapped[str | None] = mapped_column(String(64))
+    # The consent this family was issued under; revoking it revokes the grant.
+    consent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("consents.id", ondelete="SET NULL"), index=True
+    )
     auth_time: Mapped[dt.datetime]
     acr: Mapped[str | None] = mapped_column(String(64))
     amr: Mapped[list[str]] = mapped_column(JSON, default=list)
@@ -164,6 +178,24 @@ class PendingAuthorization(Base):
     )
     consented_at: Mapped[dt.datetime | None]
     completed_at: Mapped[dt.datetime | None]
+
+
+class PushedAuthorization(Base):
+    """A pushed authorization request (RFC 9126): the validated parameters a client sent to the
+    PAR endpoint, redeemed once at the authorization endpoint by its ``request_uri``
+    (``urn:ietf:params:oauth:request_uri:<secret>``, stored as the secret's digest)."""
+
+    __tablename__ = "pushed_authorizations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    request_uri_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    client_id: Mapped[int] = mapped_column(ForeignKey("clients.id", ondelete="CASCADE"), index=True)
+    # The validated request parameters (from the form or the signed request object),
+    # single-valued, dpop_jkt included when bound.
+    params: Mapped[dict[str, str]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+    used_at: Mapped[dt.datetime | None]
 
 
 class BackchannelDelivery(Base):

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-01 20:43:28.102063
+Create Date: 2026-12-01 22:09:04.962059
 """
 
 from collections.abc import Sequence
@@ -215,19 +215,23 @@ def upgrade() -> None:
 
     op.create_table('consents',
     sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('consent_id', sa.String(length=64), nullable=True),
     sa.Column('person_id', sa.Integer(), nullable=False),
     sa.Column('company_id', sa.Integer(), nullable=False),
     sa.Column('client_id', sa.Integer(), nullable=False),
     sa.Column('scopes', sa.Text(), nullable=False),
+    sa.Column('authorization_details', sa.JSON(), nullable=True),
     sa.Column('purpose', sa.String(length=500), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('expires_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('revoked_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('revoked_by', sa.String(length=200), nullable=True),
     sa.ForeignKeyConstraint(['client_id'], ['clients.id'], name=op.f('fk_consents_client_id_clients'), ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['company_id'], ['companies.id'], name=op.f('fk_consents_company_id_companies'), ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['person_id'], ['people.id'], name=op.f('fk_consents_person_id_people'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_consents')),
+    sa.UniqueConstraint('consent_id', name=op.f('uq_consents_consent_id')),
     sa.UniqueConstraint('person_id', 'company_id', 'client_id', name=op.f('uq_consents_person_id_company_id_client_id'))
     )
     with op.batch_alter_table('consents', schema=None) as batch_op:
@@ -331,6 +335,22 @@ def upgrade() -> None:
     with op.batch_alter_table('pending_authorizations', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_pending_authorizations_expires_at'), ['expires_at'], unique=False)
 
+    op.create_table('pushed_authorizations',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('request_uri_hash', sa.String(length=64), nullable=False),
+    sa.Column('client_id', sa.Integer(), nullable=False),
+    sa.Column('params', sa.JSON(), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('expires_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('used_at', sa.DateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['client_id'], ['clients.id'], name=op.f('fk_pushed_authorizations_client_id_clients'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_pushed_authorizations')),
+    sa.UniqueConstraint('request_uri_hash', name=op.f('uq_pushed_authorizations_request_uri_hash'))
+    )
+    with op.batch_alter_table('pushed_authorizations', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_pushed_authorizations_client_id'), ['client_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_pushed_authorizations_expires_at'), ['expires_at'], unique=False)
+
     op.create_table('security_keys',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('person_id', sa.Integer(), nullable=False),
@@ -371,6 +391,20 @@ def upgrade() -> None:
     with op.batch_alter_table('third_party_authorisations', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_third_party_authorisations_agent_company_id_client_id'), ['agent_company_id', 'client_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_third_party_authorisations_principal_company_id'), ['principal_company_id'], unique=False)
+
+    op.create_table('consent_receipts',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('consent_id', sa.Integer(), nullable=False),
+    sa.Column('event', sa.String(length=16), nullable=False),
+    sa.Column('jti', sa.String(length=64), nullable=False),
+    sa.Column('receipt', sa.Text(), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['consent_id'], ['consents.id'], name=op.f('fk_consent_receipts_consent_id_consents'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_consent_receipts')),
+    sa.UniqueConstraint('jti', name=op.f('uq_consent_receipts_jti'))
+    )
+    with op.batch_alter_table('consent_receipts', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_consent_receipts_consent_id'), ['consent_id'], unique=False)
 
     op.create_table('key_change_requests',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -434,6 +468,9 @@ def upgrade() -> None:
     sa.Column('security_key_id', sa.Integer(), nullable=True),
     sa.Column('scope', sa.Text(), nullable=False),
     sa.Column('claims_request', sa.JSON(), nullable=True),
+    sa.Column('authorization_details', sa.JSON(), nullable=True),
+    sa.Column('cnf_jkt', sa.String(length=64), nullable=True),
+    sa.Column('consent_id', sa.Integer(), nullable=True),
     sa.Column('auth_time', sa.DateTime(timezone=True), nullable=False),
     sa.Column('acr', sa.String(length=64), nullable=True),
     sa.Column('amr', sa.JSON(), nullable=False),
@@ -444,6 +481,7 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['agent_company_id'], ['companies.id'], name=op.f('fk_grants_agent_company_id_companies'), ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['client_id'], ['clients.id'], name=op.f('fk_grants_client_id_clients'), ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['company_id'], ['companies.id'], name=op.f('fk_grants_company_id_companies'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['consent_id'], ['consents.id'], name=op.f('fk_grants_consent_id_consents'), ondelete='SET NULL'),
     sa.ForeignKeyConstraint(['person_id'], ['people.id'], name=op.f('fk_grants_person_id_people'), ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['security_key_id'], ['security_keys.id'], name=op.f('fk_grants_security_key_id_security_keys'), ondelete='SET NULL'),
     sa.ForeignKeyConstraint(['session_id'], ['login_sessions.id'], name=op.f('fk_grants_session_id_login_sessions'), ondelete='SET NULL'),
@@ -454,6 +492,7 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_grants_agent_company_id'), ['agent_company_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_grants_client_id'), ['client_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_grants_company_id'), ['company_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_grants_consent_id'), ['consent_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_grants_person_id'), ['person_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_grants_security_key_id'), ['security_key_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_grants_session_id'), ['session_id'], unique=False)
@@ -475,6 +514,9 @@ def upgrade() -> None:
     sa.Column('acr', sa.String(length=64), nullable=True),
     sa.Column('amr', sa.JSON(), nullable=False),
     sa.Column('claims_request', sa.JSON(), nullable=True),
+    sa.Column('authorization_details', sa.JSON(), nullable=True),
+    sa.Column('dpop_jkt', sa.String(length=64), nullable=True),
+    sa.Column('consent_id', sa.Integer(), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('expires_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('used_at', sa.DateTime(timezone=True), nullable=True),
@@ -482,6 +524,7 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['agent_company_id'], ['companies.id'], name=op.f('fk_authorization_codes_agent_company_id_companies'), ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['client_id'], ['clients.id'], name=op.f('fk_authorization_codes_client_id_clients'), ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['company_id'], ['companies.id'], name=op.f('fk_authorization_codes_company_id_companies'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['consent_id'], ['consents.id'], name=op.f('fk_authorization_codes_consent_id_consents'), ondelete='SET NULL'),
     sa.ForeignKeyConstraint(['grant_id'], ['grants.id'], name=op.f('fk_authorization_codes_grant_id_grants'), ondelete='SET NULL'),
     sa.ForeignKeyConstraint(['person_id'], ['people.id'], name=op.f('fk_authorization_codes_person_id_people'), ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['session_id'], ['login_sessions.id'], name=op.f('fk_authorization_codes_session_id_login_sessions'), ondelete='SET NULL'),
@@ -546,6 +589,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_grants_session_id'))
         batch_op.drop_index(batch_op.f('ix_grants_security_key_id'))
         batch_op.drop_index(batch_op.f('ix_grants_person_id'))
+        batch_op.drop_index(batch_op.f('ix_grants_consent_id'))
         batch_op.drop_index(batch_op.f('ix_grants_company_id'))
         batch_op.drop_index(batch_op.f('ix_grants_client_id'))
         batch_op.drop_index(batch_op.f('ix_grants_agent_company_id'))
@@ -561,6 +605,10 @@ def downgrade() -> None:
 
     op.drop_table('login_sessions')
     op.drop_table('key_change_requests')
+    with op.batch_alter_table('consent_receipts', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_consent_receipts_consent_id'))
+
+    op.drop_table('consent_receipts')
     with op.batch_alter_table('third_party_authorisations', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_third_party_authorisations_principal_company_id'))
         batch_op.drop_index(batch_op.f('ix_third_party_authorisations_agent_company_id_client_id'))
@@ -570,6 +618,11 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_security_keys_person_id'))
 
     op.drop_table('security_keys')
+    with op.batch_alter_table('pushed_authorizations', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_pushed_authorizations_expires_at'))
+        batch_op.drop_index(batch_op.f('ix_pushed_authorizations_client_id'))
+
+    op.drop_table('pushed_authorizations')
     with op.batch_alter_table('pending_authorizations', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_pending_authorizations_expires_at'))
 

@@ -1,0 +1,1 @@
+"""Company data released with consent: categories, sources and the data API."""
