@@ -59,6 +59,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         from idp.demo_rp.views import bp as demo_rp_bp
 
         app.register_blueprint(demo_rp_bp)
+        from idp.demo_bank.views import bp as demo_bank_bp
+
+        app.register_blueprint(demo_bank_bp)
 
     from idp.fastpath import StaticDocuments
     from idp.oauth.hotpath import HotPath

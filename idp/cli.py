@@ -249,7 +249,8 @@ def _run_dev_server(app: Flask, host: str, port: int) -> None:
 @click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
 @json_option
 def demo(host: str, port: int, as_json: bool) -> None:
-    """Initialise, seed a demo company and client, and run the development server."""
+    """Initialise, seed a demo company, the demo relying party and the demo bank, and run the
+    development server."""
     from idp.demo import seed_demo
 
     overrides: dict[str, Any] = {"DEMO": True}
@@ -274,6 +275,8 @@ def demo(host: str, port: int, as_json: bool) -> None:
         f"demo client (public, PKCE): {seed.client_id}",
         f"demo client redirect URIs: {' '.join(seed.redirect_uris)}",
         f"demo relying party (Login with Corp ID): {seed.demo_rp_url}",
+        f"demo bank client (fapi2, private_key_jwt + DPoP): {seed.bank_client_id}",
+        f"demo bank (open a business account, KYC with Corp ID): {seed.demo_bank_url}",
     ]
     emit({**result, "issuer": issuer, **seed.as_dict()}, as_json, lines)
     _run_dev_server(app, host, port)
