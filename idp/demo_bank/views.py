@@ -13,6 +13,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
 from itsdangerous import BadData, URLSafeTimedSerializer
+from werkzeug.wrappers import Response as BaseResponse
 
 from idp.data.categories import CATEGORIES
 from idp.demo import DEMO_BANK_PATH, demo_bank_urls, find_demo_bank_client
@@ -71,7 +72,7 @@ def _load(name: str, max_age: int) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _store(response: Response, name: str, value: dict[str, Any] | None, max_age: int) -> bool:
+def _store(response: BaseResponse, name: str, value: dict[str, Any] | None, max_age: int) -> bool:
     """Set (or with ``value`` None, delete) the cookies holding ``value``; False when it is too
     big to keep."""
     https = str(current_app.config["IDP"]["ISSUER"]).startswith("https://")
@@ -147,7 +148,7 @@ def index() -> Response:
 
 
 @bp.get("/start")
-def start() -> Response:
+def start() -> BaseResponse:
     chosen = [c for c in request.args.getlist("category") if c in CATEGORIES]
     if not chosen:
         return _page("index.html", 400, chosen=set(), choose_one=True)
@@ -158,29 +159,29 @@ def start() -> Response:
     except BankError as exc:
         return _failure(exc)
     response = redirect(url, 303)
-    _store(response, TRANSACTION_COOKIE, {"transaction": transaction}, TRANSACTION_TTL)  # type: ignore[arg-type]
-    return response  # type: ignore[return-value]
+    _store(response, TRANSACTION_COOKIE, {"transaction": transaction}, TRANSACTION_TTL)
+    return response
 
 
 @bp.get("/callback")
-def callback() -> Response:
+def callback() -> BaseResponse:
     transaction = _load(TRANSACTION_COOKIE, TRANSACTION_TTL).get("transaction")
     params = {k: v for k, v in request.args.items() if isinstance(v, str)}
     try:
         result = bank_services.finish_kyc(_bank(), transaction, params)
     except BankError as exc:
-        response = _failure(exc)
-        _store(response, TRANSACTION_COOKIE, None, 0)
-        return response
-    response = redirect(url_for("demo_bank.index"), 303)
-    if not _store(response, ACCOUNT_COOKIE, {"account": result.as_dict()}, ACCOUNT_TTL):  # type: ignore[arg-type]
+        failed = _failure(exc)
+        _store(failed, TRANSACTION_COOKIE, None, 0)
+        return failed
+    response: BaseResponse = redirect(url_for("demo_bank.index"), 303)
+    if not _store(response, ACCOUNT_COOKIE, {"account": result.as_dict()}, ACCOUNT_TTL):
         response = _account_page(result.as_dict())  # too big to keep: shown this once
-    _store(response, TRANSACTION_COOKIE, None, 0)  # type: ignore[arg-type]
-    return response  # type: ignore[return-value]
+    _store(response, TRANSACTION_COOKIE, None, 0)
+    return response
 
 
 @bp.post("/forget")
-def forget() -> Response:
+def forget() -> BaseResponse:
     response = redirect(url_for("demo_bank.index"), 303)
-    _store(response, ACCOUNT_COOKIE, None, 0)  # type: ignore[arg-type]
-    return response  # type: ignore[return-value]
+    _store(response, ACCOUNT_COOKIE, None, 0)
+    return response
