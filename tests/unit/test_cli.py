@@ -84,6 +84,9 @@ def test_init_migrates_an_empty_database_and_creates_keys(
     first = data(run(runner, "init", "--json"))
     assert first["database"] == {"from": None, "to": schema.head_revision()}
     assert len(first["keys_created"]) == 4
+    assert first["bank_client_created"] is True
+    assert first["demo_bank_url"] == "http://localhost:5055/demo-bank/"
+    assert (tmp_path / "keys" / "demo-bank-client.jwk").exists()
     with app.app_context():
         assert schema.is_at_head()[0]
         assert {k.alg for k in db.session.scalars(select(SigningKey))} == {
@@ -246,6 +249,9 @@ def test_demo_initialises_seeds_idempotently_and_runs_the_dev_server(
     assert first["client_created"] is True
     assert first["invite_url"].startswith("http://localhost:5055/enrol/cii_")
     assert len(first["keys_created"]) == 4
+    assert first["bank_client_created"] is True
+    assert first["demo_bank_url"] == "http://localhost:5055/demo-bank/"
+    assert (tmp_path / "keys" / "demo-bank-client.jwk").exists()
 
     second = data(run(runner, "demo", "--port", "5055", "--json"))
     assert second["company_created"] is False
@@ -253,9 +259,18 @@ def test_demo_initialises_seeds_idempotently_and_runs_the_dev_server(
     assert second["client_id"] == first["client_id"]
     assert second["invite_url"] != first["invite_url"]  # a fresh link while no admin enrolled
     assert second["keys_created"] == []
+    assert second["bank_client_created"] is False
+    assert second["bank_client_id"] == first["bank_client_id"]
 
     with app.app_context():
-        assert [c.name for c in clients.list_clients()] == ["Corp ID demo relying party"]
+        assert sorted(c.name for c in clients.list_clients()) == [
+            "Corp ID demo relying party",
+            "Demo Bank (business accounts)",
+        ]
+        bank = clients.get_client(first["bank_client_id"])
+        assert bank.profile.value == "fapi2"
+        assert bank.auth_method.value == "private_key_jwt"
+        assert bank.redirect_uris == ["http://localhost:5055/demo-bank/callback"]
         company = orgs.get_company_by_br("12345678")
         assert company.name_en == "Demo Trading Limited"
         invitation = orgs.find_valid_invitation(second["invite_url"].rsplit("/", 1)[1])
@@ -266,6 +281,7 @@ def test_demo_initialises_seeds_idempotently_and_runs_the_dev_server(
     third = run(runner, "demo", "--port", "5055")
     assert "the company already has an admin" in third.stdout
     assert "issuer: http://localhost:5055" in third.stdout
+    assert "demo bank (open a business account, KYC with Corp ID): " in third.stdout
     for made, _, _ in served:
         with made.app_context():
             db.engine.dispose()
