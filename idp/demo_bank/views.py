@@ -9,6 +9,8 @@ in the provider's session: it stands for a site elsewhere. The verified account 
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 from typing import Any
 
 from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
@@ -21,6 +23,22 @@ from idp.demo_bank import services as bank_services
 from idp.demo_bank.services import CATEGORY_LABELS, Bank, BankError
 
 bp = Blueprint("demo_bank", __name__, url_prefix=DEMO_BANK_PATH)
+
+
+@bp.app_template_filter("bank_json")
+def _bank_json(value: Any) -> str:
+    """JSON for people: indented, Chinese left readable (autoescaped by Jinja)."""
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
+
+
+@bp.app_template_filter("bank_date")
+def _bank_date(value: int | float) -> str:
+    """A timestamp as its UTC date (YYYY-MM-DD)."""
+    try:
+        return dt.datetime.fromtimestamp(value, tz=dt.UTC).strftime("%Y-%m-%d")
+    except (OverflowError, OSError, ValueError):
+        return str(value)
+
 
 TRANSACTION_COOKIE = "corpid_demo_bank_tx"
 ACCOUNT_COOKIE = "corpid_demo_bank"
