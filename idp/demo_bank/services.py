@@ -56,6 +56,8 @@ KEY_ALG = "ES256"
 ID_TOKEN_ALG = "PS256"  # noqa: S105 -- an algorithm name
 # Algorithms the bank accepts on Corp ID's consent receipts (asymmetric only: no none, no HMAC).
 RECEIPT_ALGS = ("PS256", "ES256", "RS256", "EdDSA")
+# The JOSE type of Corp ID's consent receipts: no other token of Corp ID passes for one.
+RECEIPT_TYP = "consent-receipt+jwt"
 # Where the company data API is, under the issuer (the bank is configured with it).
 DATA_API_PATH = "/api/company-data"
 # What the bank asks for and why; the consent lasts one year.
@@ -371,7 +373,12 @@ def finish_kyc(
     details = granted_details(token.kwargs.get("authorization_details"), transaction["categories"])
     receipt_jwt = token.kwargs.get("consent_receipt")
     receipt = (
-        verify_receipt(str(receipt_jwt), jwks=client.authorization_server_jwks, issuer=bank.issuer)
+        verify_receipt(
+            str(receipt_jwt),
+            jwks=client.authorization_server_jwks,
+            issuer=bank.issuer,
+            client_id=bank.client_id,
+        )
         if receipt_jwt
         else None
     )
@@ -436,14 +443,21 @@ def granted_details(value: object, requested: Iterable[str]) -> list[dict[str, A
     return list(value)
 
 
-def verify_receipt(receipt: str, *, jwks: jwskate.JwkSet, issuer: str) -> dict[str, Any]:
-    """The consent receipt's ``{"header", "claims"}`` once its signature is verified against
-    Corp ID's JWKS (asymmetric algorithms only, key found by ``kid``) and its ``iss`` is the
-    issuer. Raises ``BankError`` ("receipt")."""
+def verify_receipt(
+    receipt: str, *, jwks: jwskate.JwkSet, issuer: str, client_id: str
+) -> dict[str, Any]:
+    """The consent receipt's ``{"header", "claims"}`` once its ``typ`` is a consent receipt's,
+    its signature is verified against Corp ID's JWKS (asymmetric algorithms only, key found by
+    ``kid``), its ``iss`` is the issuer and it names this bank as the client. Raises
+    ``BankError`` ("receipt")."""
     try:
         jwt = jwskate.SignedJwt(receipt)
     except (ValueError, TypeError) as exc:
         raise BankError("receipt", f"The consent receipt is not a JWT ({exc}).") from None
+    if jwt.headers.get("typ") != RECEIPT_TYP:
+        raise BankError(
+            "receipt", f"This is not a consent receipt (typ {jwt.headers.get('typ')!r})."
+        )
     alg = jwt.headers.get("alg")
     if alg not in RECEIPT_ALGS:
         raise BankError("receipt", f"The consent receipt is signed with {alg!r}.")
@@ -460,6 +474,9 @@ def verify_receipt(receipt: str, *, jwks: jwskate.JwkSet, issuer: str) -> dict[s
     claims = dict(jwt.claims)
     if claims.get("iss") != issuer:
         raise BankError("receipt", "The consent receipt comes from another issuer.")
+    named = claims.get("client")
+    if not isinstance(named, dict) or named.get("client_id") != client_id:
+        raise BankError("receipt", "The consent receipt is for another client.")
     return {"header": dict(jwt.headers), "claims": claims}
 
 

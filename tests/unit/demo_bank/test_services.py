@@ -161,7 +161,12 @@ def _provider_app(provider: Provider) -> Flask:
         }
         claims = {k: v for k, v in claims.items() if v is not None}
         details = json.loads(pushed["authorization_details"])
-        receipt = {"iss": issuer, "consent_id": "cns_1", "authorization_details": details}
+        receipt = {
+            "iss": issuer,
+            "consent_id": "cns_1",
+            "client": {"client_id": CLIENT_ID, "name": "Bank"},
+            "authorization_details": details,
+        }
         receipt.update(provider.quirks.get("receipt_claims", {}))
         receipt_key = provider.quirks.get("receipt_key", provider.as_key)
         body = {
@@ -172,7 +177,12 @@ def _provider_app(provider: Provider) -> Flask:
             "id_token": str(jwskate.Jwt.sign(claims, provider.as_key, alg="PS256")),
             "authorization_details": provider.quirks.get("granted", details),
             "consent_receipt": str(
-                jwskate.Jwt.sign(receipt, receipt_key, alg=receipt_key.alg or "PS256")
+                jwskate.Jwt.sign(
+                    receipt,
+                    receipt_key,
+                    alg=receipt_key.alg or "PS256",
+                    typ=provider.quirks.get("receipt_typ", services.RECEIPT_TYP),
+                )
             ),
         }
         app.config["ACCESS_TOKEN"] = access_token
@@ -387,6 +397,9 @@ def test_no_category_is_no_journey() -> None:
         ({"id_token_claims": {"exp": 1}}, "id_token"),
         ({"id_token_claims": {"at_hash": "AAAAAAAAAAAAAAAAAAAAAA"}}, "id_token"),
         ({"receipt_claims": {"iss": "https://evil.example"}}, "receipt"),
+        ({"receipt_claims": {"client": {"client_id": "another-bank"}}}, "receipt"),
+        ({"receipt_claims": {"client": None}}, "receipt"),
+        ({"receipt_typ": "JWT"}, "receipt"),
         ({"data_status": 403}, "data"),
     ],
     ids=[
@@ -400,6 +413,9 @@ def test_no_category_is_no_journey() -> None:
         "id-token-expired",
         "id-token-at-hash",
         "receipt-iss",
+        "receipt-for-another-client",
+        "receipt-names-no-client",
+        "receipt-typ",
         "data-refused",
     ],
 )
@@ -424,20 +440,21 @@ def test_a_receipt_signed_by_another_key_is_refused(
 
 def test_receipt_algorithms(provider: Provider, keys: tuple[jwskate.Jwk, ...]) -> None:
     jwks = jwskate.JwkSet({"keys": [dict(keys[0].public_jwk())]})
-    claims = {"iss": provider.issuer}
+    claims = {"iss": provider.issuer, "client": {"client_id": CLIENT_ID}}
+    typ = {"typ": services.RECEIPT_TYP}
+    check = {"jwks": jwks, "issuer": provider.issuer, "client_id": CLIENT_ID}
     hmac_key = jwskate.Jwk.generate(alg="HS256", kid="as-1")
-    forged = str(jwskate.Jwt.sign(claims, hmac_key, alg="HS256"))
+    forged = str(jwskate.Jwt.sign(claims, hmac_key, alg="HS256", typ=services.RECEIPT_TYP))
     with pytest.raises(BankError, match="HS256"):
-        services.verify_receipt(forged, jwks=jwks, issuer=provider.issuer)
-    unsigned = ".".join(
-        [_b64(b'{"alg":"none","kid":"as-1"}'), _b64(json.dumps(claims).encode()), ""]
-    )
+        services.verify_receipt(forged, **check)
+    header = json.dumps({"alg": "none", "kid": "as-1", **typ}).encode()
+    unsigned = ".".join([_b64(header), _b64(json.dumps(claims).encode()), ""])
     with pytest.raises(BankError):
-        services.verify_receipt(unsigned, jwks=jwks, issuer=provider.issuer)
+        services.verify_receipt(unsigned, **check)
     with pytest.raises(BankError, match="not a JWT"):
-        services.verify_receipt("not-a-jwt", jwks=jwks, issuer=provider.issuer)
-    good = str(jwskate.Jwt.sign(claims, keys[0], alg="PS256"))
-    assert services.verify_receipt(good, jwks=jwks, issuer=provider.issuer)["claims"] == claims
+        services.verify_receipt("not-a-jwt", **check)
+    good = str(jwskate.Jwt.sign(claims, keys[0], alg="PS256", typ=services.RECEIPT_TYP))
+    assert services.verify_receipt(good, **check)["claims"] == claims
 
 
 # --- keys and presentation --------------------------------------------------------------------
