@@ -84,9 +84,6 @@ def test_init_migrates_an_empty_database_and_creates_keys(
     first = data(run(runner, "init", "--json"))
     assert first["database"] == {"from": None, "to": schema.head_revision()}
     assert len(first["keys_created"]) == 4
-    assert first["bank_client_created"] is True
-    assert first["demo_bank_url"] == "http://localhost:5055/demo-bank/"
-    assert (tmp_path / "keys" / "demo-bank-client.jwk").exists()
     with app.app_context():
         assert schema.is_at_head()[0]
         assert {k.alg for k in db.session.scalars(select(SigningKey))} == {
