@@ -91,6 +91,11 @@ DEFAULTS: dict[str, Any] = {
     # Threads per process sending back-channel logouts off the request (0: only the
     # `idp logout deliver` command sends them).
     "BACKCHANNEL_LOGOUT_THREADS": 4,
+    # Comma-separated company data sources, in order; each category comes from the first
+    # that provides it (idp.data.services.SOURCE_TYPES names them; "register" is the import).
+    "DATA_SOURCES": "register",
+    # IDA trust_framework named in verified_claims of data from the imported register.
+    "DATA_TRUST_FRAMEWORK": "corp_id_register",
     # Seconds between rounds of each process's audit sealer thread linking committed events
     # into the hash chain (0: no thread, only `idp audit seal` / `idp audit verify` seal).
     "AUDIT_SEAL_INTERVAL": 1,

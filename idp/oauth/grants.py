@@ -28,6 +28,7 @@ from idp.db import utcnow
 from idp.extensions import db
 from idp.keys import jws
 from idp.oauth import tokens
+from idp.data.categories import CATEGORIES
 from idp.oauth.claims import Principal, user_claims
 from idp.oauth.discovery import CLIENT_ASSERTION_ALGS
 from idp.oauth.models import AuthorizationCode
@@ -320,8 +321,9 @@ class ClientCredentialsGrant(grants.ClientCredentialsGrant):
 
 def client_credentials_scope_allowed(client: Client, scope: str | None) -> bool:
     """Whether ``client`` may ask for ``scope`` without a person: only its registered scopes,
-    never ``openid`` or ``offline_access`` (they need a person)."""
-    allowed = set(client.scopes) - {"openid", "offline_access"}
+    never ``openid``, ``offline_access`` or a company data category (they need a person, and
+    company data the company's consent)."""
+    allowed = set(client.scopes) - {"openid", "offline_access", *CATEGORIES}
     return all(s in allowed for s in (scope or "").split())
 
 

@@ -185,6 +185,7 @@ def principal_for_grant(grant: Grant) -> Principal | None:
         acr=grant.acr,
         amr=list(grant.amr),
         claims_request=grant.claims_request,
+        authorization_details=grant.authorization_details,
     )
 
 
