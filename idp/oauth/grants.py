@@ -24,11 +24,11 @@ from sqlalchemy import select, update
 from idp import cache
 from idp.authn.models import LoginSession
 from idp.clients.models import Client
+from idp.data.categories import CATEGORIES
 from idp.db import utcnow
 from idp.extensions import db
 from idp.keys import jws
 from idp.oauth import tokens
-from idp.data.categories import CATEGORIES
 from idp.oauth.claims import Principal, user_claims
 from idp.oauth.discovery import CLIENT_ASSERTION_ALGS
 from idp.oauth.models import AuthorizationCode

@@ -148,7 +148,7 @@ def test_data_api_returns_exactly_the_consented_categories(
     br = who.companies[0].br_number
     register_data(br)
     rp = data_client(make_client)
-    token, oauth = login(ctx, b, rp, "openid corp_profile corp_officers")
+    _, oauth = login(ctx, b, rp, "openid corp_profile corp_officers")
     answer = oauth.get(ctx.url(API), timeout=10)
     assert answer.status_code == 200
     assert answer.headers["Cache-Control"] == "no-store"

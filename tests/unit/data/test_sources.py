@@ -10,7 +10,7 @@ from flask import Flask
 
 from idp.data import services
 from idp.data.categories import CATEGORIES, CORP_ADDRESS, CORP_OFFICERS, CORP_PROFILE
-from idp.data.sources import DEFAULT_REGISTER_SOURCE, Release, RegisterSource, verified_claims
+from idp.data.sources import DEFAULT_REGISTER_SOURCE, RegisterSource, Release, verified_claims
 from idp.extensions import db
 from idp.orgs.models import Company, CompanyOfficer, CompanyStatus, OfficerRole
 
