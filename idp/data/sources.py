@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from idp.data.categories import CORP_ADDRESS, CORP_OFFICERS, CORP_PROFILE
@@ -57,7 +57,6 @@ class Release:
     verified_at: dt.datetime
     record_type: str = REGISTER_RECORD_TYPE
     evidence_type: str = EVIDENCE_TYPE
-    details: dict[str, Any] = field(default_factory=dict)
 
     @property
     def provenance(self) -> dict[str, str]:
