@@ -45,6 +45,10 @@ DEFAULTS: dict[str, Any] = {
     # disabled client or a rotated secret keeps working on *other* workers; the worker that made
     # the change forgets at once.
     "CLIENT_CACHE_TTL": 5,
+    # Seconds a worker may answer an access token it found active from memory, while the
+    # shared revocation epoch in Redis is unchanged (idp.oauth.active_cache; 0 disables, and
+    # nothing is cached without IDP_REDIS_URL). Revocations are seen at once regardless.
+    "ACTIVE_TOKEN_CACHE_TTL": 30,
     # Lifetime of invitation links in seconds (7 days).
     "INVITE_TTL": 7 * 24 * 3600,
     # Maximum age, in seconds, of a client assertion's exp-iat window (RFC 7523).
