@@ -269,14 +269,28 @@ def check_proof(
     nonce = claims.get("nonce")
     if nonce is not None and not is_valid_nonce(nonce):
         raise DPoPError("use_dpop_nonce", "The DPoP nonce is stale.", nonce=current_nonce())
-    if nonce is None and require_nonce:
-        raise DPoPError(
-            "use_dpop_nonce", "Put the server's DPoP-Nonce in the proof.", nonce=current_nonce()
-        )
+    if require_nonce:
+        _require_nonce(claims)
     ttl = int(_cfg("DPOP_IAT_WINDOW")) + int(_cfg("DPOP_IAT_LEEWAY")) + 5
     if not cache.use_once("dpop-jti", f"{jkt}\x00{claims['jti']}", ttl=ttl):
         raise invalid("The DPoP proof was already used ('jti' replayed).")
     return Proof(jkt=jkt, alg=alg, claims=claims)
+
+
+def _require_nonce(claims: dict[str, Any]) -> None:
+    if claims.get("nonce") is None:
+        raise DPoPError(
+            "use_dpop_nonce", "Put the server's DPoP-Nonce in the proof.", nonce=current_nonce()
+        )
+
+
+def require(proof: Proof, *, algs: tuple[str, ...], nonce: bool) -> None:
+    """Stricter rules for an already checked ``proof`` (a fapi2 client's): its algorithm in
+    ``algs``, and a server nonce when ``nonce``. Raises ``DPoPError``."""
+    if proof.alg not in algs:
+        raise invalid(f"The DPoP proof algorithm must be one of {', '.join(algs)}.")
+    if nonce:
+        _require_nonce(proof.claims)
 
 
 def _check_claims(

@@ -19,7 +19,6 @@ from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core import OpenIDCode
 from flask import current_app, g
-from flask import request as flask_request
 from joserfc.jwk import KeySet
 from sqlalchemy import select, update
 
@@ -31,7 +30,7 @@ from idp.extensions import db
 from idp.keys import jws
 from idp.oauth import dpop, tokens
 from idp.oauth.claims import Principal, user_claims
-from idp.oauth.discovery import CLIENT_ASSERTION_ALGS, DPOP_SIGNING_ALGS
+from idp.oauth.discovery import CLIENT_ASSERTION_ALGS
 from idp.oauth.models import AuthorizationCode
 from idp.security import AUTHORIZATION_CODE_PREFIX, digest, new_secret
 
@@ -82,28 +81,31 @@ def generate_token(
 
 
 class DPoPBinding:
-    """Grant extension: check the token request's DPoP proof once the grant is validated
-    (client authenticated, code or refresh token found), before tokens are made.
+    """Grant extension: apply the token request's DPoP proof (checked, its ``jti`` spent,
+    before the grant is looked at: ``AuthorizationServer.create_token_response``) once the
+    grant is validated (client authenticated, code or refresh token found), before tokens
+    are made.
 
-    fapi2 clients must send one (with a server nonce, IDP_DPOP_REQUIRE_NONCE_FAPI2); a code
-    issued for a ``dpop_jkt`` and a bound refresh token need a proof by that key. The proof's
-    key thumbprint is left in ``g.idp_dpop_jkt`` for ``generate_token``."""
+    fapi2 clients must send one (ES256, PS256 or EdDSA, with a server nonce when
+    IDP_DPOP_REQUIRE_NONCE_FAPI2); a code issued for a ``dpop_jkt`` and a bound refresh token
+    need a proof by that key. The thumbprint is left in ``g.idp_dpop_jkt`` for
+    ``generate_token``."""
 
     def __call__(self, grant: Any) -> None:
         grant.register_hook("before_create_token_response", self.check)
 
     def check(self, grant: Any) -> None:
         client: Client = grant.request.client
-        fapi2 = client.profile is ClientProfile.FAPI2
-        proof = dpop.request_proof(
-            flask_request,
-            dpop.endpoint_url(flask_request),
-            require_nonce=fapi2 and bool(_cfg("DPOP_REQUIRE_NONCE_FAPI2")),
-            algs=dpop.FAPI2_DPOP_ALGS if fapi2 else DPOP_SIGNING_ALGS,
-        )
+        proof: dpop.Proof | None = g.get("idp_dpop_proof")
+        if client.profile is ClientProfile.FAPI2:
+            if proof is None:
+                raise dpop.invalid("FAPI 2.0 clients must send a DPoP proof to the token endpoint.")
+            dpop.require(
+                proof,
+                algs=dpop.FAPI2_DPOP_ALGS,
+                nonce=bool(_cfg("DPOP_REQUIRE_NONCE_FAPI2")),
+            )
         jkt = proof.jkt if proof else None
-        if jkt is None and fapi2:
-            raise dpop.invalid("FAPI 2.0 clients must send a DPoP proof to the token endpoint.")
         bound = _bound_jkt(grant.request)
         if bound is not None and jkt is None:
             raise dpop.invalid("This grant is bound to a DPoP key: send a DPoP proof by it.")

@@ -159,7 +159,8 @@ def test_ath_must_hash_the_access_token() -> None:
 
 def test_nonce_required_then_accepted() -> None:
     error = refused(make_proof(), "use_dpop_nonce", require_nonce=True)
-    assert error.nonce and dpop.is_valid_nonce(error.nonce)
+    assert error.nonce
+    assert dpop.is_valid_nonce(error.nonce)
     assert ("DPoP-Nonce", error.nonce) in error.get_headers()
     check(make_proof(nonce=error.nonce), require_nonce=True)
 
