@@ -33,8 +33,13 @@ def b64(value: Any) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
-def make_proof(*, alg: str = "ES256", signer: jwskate.Jwk | None = None,
-               header: dict[str, Any] | None = None, **claims: Any) -> str:
+def make_proof(
+    *,
+    alg: str = "ES256",
+    signer: jwskate.Jwk | None = None,
+    header: dict[str, Any] | None = None,
+    **claims: Any,
+) -> str:
     """A proof for POST URL signed by ``signer``; ``header``/``claims`` override (None drops)."""
     signer = signer or key(alg)
     body = {"jti": secrets.token_urlsafe(12), "htm": "POST", "htu": URL, "iat": int(time.time())}
@@ -80,8 +85,9 @@ def test_alg_none_and_hmac_are_refused() -> None:
     refused(f"{b64(head)}.{b64(body)}.")
     hs = jwskate.Jwk.generate(alg="HS256")
     head = {"typ": "dpop+jwt", "alg": "HS256", "jwk": hs.to_dict()}
-    token = jwskate.Jwt.sign(body, hs, alg="HS256", extra_headers={"jwk": hs.to_dict(),
-                                                                    "typ": "dpop+jwt"})
+    token = jwskate.Jwt.sign(
+        body, hs, alg="HS256", extra_headers={"jwk": hs.to_dict(), "typ": "dpop+jwt"}
+    )
     refused(str(token))
 
 
@@ -188,16 +194,23 @@ def test_proof_jkt_at_for_par(app: Flask) -> None:
         from flask import request
 
         assert dpop.proof_jkt_at(request, url) is None
-    with app.test_request_context("/par", method="POST",
-                                  headers={"DPoP": make_proof(signer=signer, htu=url)}):
+    with app.test_request_context(
+        "/par", method="POST", headers={"DPoP": make_proof(signer=signer, htu=url)}
+    ):
         assert dpop.proof_jkt_at(request, url) == signer.public_jwk().thumbprint()
-    with app.test_request_context("/par", method="POST", headers={"DPoP": make_proof()}), \
-            pytest.raises(dpop.DPoPError):
+    with (
+        app.test_request_context("/par", method="POST", headers={"DPoP": make_proof()}),
+        pytest.raises(dpop.DPoPError),
+    ):
         dpop.proof_jkt_at(request, url)  # htu is /token
-    with app.test_request_context("/par", method="POST",
-                                  headers=[("DPoP", make_proof(htu=url)),
-                                           ("DPoP", make_proof(htu=url))]), \
-            pytest.raises(dpop.DPoPError):
+    with (
+        app.test_request_context(
+            "/par",
+            method="POST",
+            headers=[("DPoP", make_proof(htu=url)), ("DPoP", make_proof(htu=url))],
+        ),
+        pytest.raises(dpop.DPoPError),
+    ):
         dpop.proof_jkt_at(request, url)
 
 
