@@ -73,7 +73,9 @@ def generate_token(
     if user is not None:
         # Tokens for a person are audited (their grant is written anyway). Client-credentials
         # tokens are stateless by design and are not written one by one (see idp.oauth.tokens).
-        tokens.audit_issue(client=client, principal=user, grant_type=grant_type, scope=scope)
+        tokens.audit_issue(
+            client=client, principal=user, grant_type=grant_type, scope=scope, jkt=jkt
+        )
     return token
 
 

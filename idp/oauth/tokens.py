@@ -192,15 +192,24 @@ def principal_for_grant(grant: Grant) -> Principal | None:
 
 
 def audit_issue(
-    *, client: Client, principal: Principal, grant_type: str, scope: str | None
+    *,
+    client: Client,
+    principal: Principal,
+    grant_type: str,
+    scope: str | None,
+    jkt: str | None = None,
 ) -> None:
-    """Record tokens issued to ``client`` for a person (in the caller's transaction)."""
+    """Record tokens issued to ``client`` for a person (in the caller's transaction), with
+    the DPoP key thumbprint they are bound to, if any."""
+    details: dict[str, Any] = {"grant_type": grant_type, "gid": principal.gid, "scope": scope or ""}
+    if jkt:
+        details["dpop_jkt"] = jkt
     record(
         "oauth:token:issue",
         actor=f"client:{client.client_id}",
         subject=f"person:{principal.person.subject}",
         company_id=principal.company.id,
-        details={"grant_type": grant_type, "gid": principal.gid, "scope": scope or ""},
+        details=details,
     )
 
 
