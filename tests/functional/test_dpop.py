@@ -438,3 +438,36 @@ def test_userinfo_without_a_token_offers_both_schemes(live: Live) -> None:
     challenges = response.headers["WWW-Authenticate"]
     assert challenges.startswith("Bearer")
     assert 'DPoP algs="' in challenges
+
+
+def test_hot_path_hands_dpop_requests_to_the_full_path(
+        live: Live, service: Callable[..., RP], dpop_key: Callable[..., jwskate.Jwk]) -> None:
+    from tests.functional.test_hotpath import served_by_hot_path
+
+    rp, key = service(), dpop_key()
+    plain = post(live, "/token", rp, CC)
+    bound = post(live, "/token", rp, CC, headers={"DPoP": proof(live.url("/token"), key=key)})
+    assert served_by_hot_path(plain)
+    assert not served_by_hot_path(bound)
+    assert bound.json()["token_type"] == "DPoP"
+    refused = post(live, "/token", rp, CC, headers={"DPoP": "garbage"})
+    assert not served_by_hot_path(refused)
+    assert_json_error(refused, 400, "invalid_dpop_proof")
+
+
+def test_bound_tokens_are_audited_with_their_key(
+        ctx: Live, make_client: Callable[..., RP],
+        signed_in: Callable[..., tuple[PersonInfo, Browser]],
+        get_code: Callable[..., CodeResult], dpop_key: Callable[..., jwskate.Jwk]) -> None:
+    from sqlalchemy import select
+
+    from idp.audit.models import AuditEvent
+    from idp.extensions import db
+
+    _, b = signed_in()
+    rp, key = make_client("client_secret_basic"), dpop_key()
+    _bound_tokens(ctx, rp, b, get_code, key)
+    db.session.rollback()
+    issued = db.session.scalars(
+        select(AuditEvent).where(AuditEvent.tag == "oauth:token:issue")).all()
+    assert [e.details.get("dpop_jkt") for e in issued] == [jkt(key)]
