@@ -114,6 +114,14 @@ DEFAULTS: dict[str, Any] = {
     "WEBAUTHN_MDS_ROOT": "mds-root.pem",
     # Comma-separated AAGUIDs allowed to enrol in trusted mode; empty = no allow-list.
     "WEBAUTHN_AAGUID_ALLOWLIST": "",
+    # Seconds in the past a DPoP proof's iat may be (RFC 9449 §11.1); older proofs are refused.
+    "DPOP_IAT_WINDOW": 60,
+    # Seconds in the future a DPoP proof's iat may be (clock skew of the client).
+    "DPOP_IAT_LEEWAY": 5,
+    # Seconds one DPoP server nonce slot lasts; a nonce is accepted for one to two slots.
+    "DPOP_NONCE_LIFETIME": 300,
+    # Require a DPoP server nonce from fapi2 clients at the token and resource endpoints.
+    "DPOP_REQUIRE_NONCE_FAPI2": True,
 }
 
 _BOOL = {
@@ -180,6 +188,10 @@ def validate_config(config: dict[str, Any]) -> None:
         raise ValueError(
             "IDP_WEBAUTHN_TIMEOUT_MS must be at least 1000 and no longer than the challenge lives"
         )
+    if not 1 <= int(config.get("DPOP_IAT_WINDOW", 60)) <= 600:
+        raise ValueError("IDP_DPOP_IAT_WINDOW must be between 1 and 600 seconds")
+    if not 1 <= int(config.get("DPOP_NONCE_LIFETIME", 300)) <= 3600:
+        raise ValueError("IDP_DPOP_NONCE_LIFETIME must be between 1 and 3600 seconds")
     _validate_attestation(config)
 
 

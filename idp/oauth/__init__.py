@@ -11,6 +11,7 @@ from idp.oauth.endpoints import Introspection, Revocation
 from idp.oauth.grants import (
     AuthorizationCodeGrant,
     ClientCredentialsGrant,
+    DPoPBinding,
     OpenIDConnectCode,
     PrivateKeyJWT,
     RefreshTokenGrant,
@@ -22,10 +23,15 @@ from idp.oauth.server import AuthorizationServer
 authorization = AuthorizationServer()
 authorization.register_grant(
     AuthorizationCodeGrant,
-    [S256CodeChallenge(required=True), OpenIDConnectCode(), AuthorizationChecks()],
+    [
+        S256CodeChallenge(required=True),
+        OpenIDConnectCode(),
+        AuthorizationChecks(),
+        DPoPBinding(),
+    ],
 )
-authorization.register_grant(RefreshTokenGrant)
-authorization.register_grant(ClientCredentialsGrant)
+authorization.register_grant(RefreshTokenGrant, [DPoPBinding()])
+authorization.register_grant(ClientCredentialsGrant, [DPoPBinding()])
 authorization.register_endpoint(Introspection)
 authorization.register_endpoint(Revocation)
 

@@ -78,6 +78,15 @@ def check_id_token_hint(params: dict[str, Any], client: Any) -> None:
         raise InvalidRequestError("The 'id_token_hint' was issued to another client.")
 
 
+def check_dpop_jkt(params: dict[str, Any], client: Any) -> None:
+    """RFC 9449 §10: ``dpop_jkt`` is the base64url SHA-256 thumbprint of the client's DPoP key;
+    the code is then redeemable only with a proof by that key (grants.DPoPBinding)."""
+    from idp.oauth.dpop import is_jkt
+
+    if "dpop_jkt" in params and not is_jkt(params["dpop_jkt"]):
+        raise InvalidRequestError("'dpop_jkt' must be a base64url SHA-256 JWK thumbprint.")
+
+
 CHECKS: tuple[Callable[[dict[str, Any], Any], None], ...] = (
     check_lengths,
     check_request_object,
@@ -86,6 +95,7 @@ CHECKS: tuple[Callable[[dict[str, Any], Any], None], ...] = (
     check_max_age,
     check_claims,
     check_id_token_hint,
+    check_dpop_jkt,
 )
 
 

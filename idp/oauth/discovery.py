@@ -36,6 +36,8 @@ CLAIMS = (
 CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
 CLIENT_ASSERTION_ALGS = ("RS256", "PS256", "ES256", "EdDSA")
 ACR_VALUES = ("phrh",)
+# DPoP proof algorithms (RFC 9449 §5.1); fapi2 clients may not use RS256 (idp.oauth.dpop).
+DPOP_SIGNING_ALGS = ("ES256", "PS256", "EdDSA", "RS256")
 
 PATHS = {
     "authorization_endpoint": "/authorize",
@@ -81,6 +83,7 @@ def provider_metadata(issuer: str) -> dict[str, Any]:
         "frontchannel_logout_supported": False,
         "backchannel_logout_supported": True,
         "backchannel_logout_session_supported": True,
+        "dpop_signing_alg_values_supported": list(DPOP_SIGNING_ALGS),
         **identity_assurance_metadata(),
     }
 

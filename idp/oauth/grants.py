@@ -4,6 +4,7 @@ private_key_jwt client authentication and the token generator."""
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 import time
 from typing import Any
 
@@ -17,18 +18,18 @@ from authlib.oauth2.rfc6749 import (
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core import OpenIDCode
-from flask import current_app
+from flask import current_app, g
 from joserfc.jwk import KeySet
 from sqlalchemy import select, update
 
 from idp import cache
 from idp.authn.models import LoginSession
-from idp.clients.models import Client
+from idp.clients.models import Client, ClientProfile
 from idp.data.categories import CATEGORIES
 from idp.db import utcnow
 from idp.extensions import db
 from idp.keys import jws
-from idp.oauth import tokens
+from idp.oauth import dpop, tokens
 from idp.oauth.claims import Principal, user_claims
 from idp.oauth.discovery import CLIENT_ASSERTION_ALGS
 from idp.oauth.models import AuthorizationCode
@@ -52,23 +53,79 @@ def generate_token(
     expires_in: int | None = None,
     include_refresh_token: bool = True,
 ) -> dict[str, Any]:
-    access_token, ttl = tokens.issue_access_token(client=client, scope=scope or "", principal=user)
+    # Set by DPoPBinding for this request's checked proof (RFC 9449 §5); never on the hot path.
+    jkt: str | None = g.get("idp_dpop_jkt")
+    access_token, ttl = tokens.issue_access_token(
+        client=client, scope=scope or "", principal=user, jkt=jkt
+    )
     token: dict[str, Any] = {
         "access_token": access_token,
-        "token_type": "Bearer",
+        "token_type": "DPoP" if jkt else "Bearer",
         "expires_in": ttl,
     }
     if scope:
         token["scope"] = scope
-    if include_refresh_token and user is not None and user.grant_id is not None:
+    if user is not None and user.grant_id is not None:
         grant = db.session.get(tokens.Grant, user.grant_id)
-        if grant is not None:
+        if grant is not None and jkt and grant_type == "authorization_code":
+            grant.cnf_jkt = jkt  # the family's refresh tokens are bound to the key too
+        if grant is not None and include_refresh_token:
             token["refresh_token"] = tokens.new_refresh_token(grant)
     if user is not None:
         # Tokens for a person are audited (their grant is written anyway). Client-credentials
         # tokens are stateless by design and are not written one by one (see idp.oauth.tokens).
-        tokens.audit_issue(client=client, principal=user, grant_type=grant_type, scope=scope)
+        tokens.audit_issue(
+            client=client, principal=user, grant_type=grant_type, scope=scope, jkt=jkt
+        )
     return token
+
+
+# --- DPoP (RFC 9449) --------------------------------------------------------------------------
+
+
+class DPoPBinding:
+    """Grant extension: apply the token request's DPoP proof (checked, its ``jti`` spent,
+    before the grant is looked at: ``AuthorizationServer.create_token_response``) once the
+    grant is validated (client authenticated, code or refresh token found), before tokens
+    are made.
+
+    fapi2 clients must send one (ES256, PS256 or EdDSA, with a server nonce when
+    IDP_DPOP_REQUIRE_NONCE_FAPI2); a code issued for a ``dpop_jkt`` and a bound refresh token
+    need a proof by that key. The thumbprint is left in ``g.idp_dpop_jkt`` for
+    ``generate_token``."""
+
+    def __call__(self, grant: Any) -> None:
+        grant.register_hook("before_create_token_response", self.check)
+
+    def check(self, grant: Any) -> None:
+        client: Client = grant.request.client
+        proof: dpop.Proof | None = g.get("idp_dpop_proof")
+        if client.profile is ClientProfile.FAPI2:
+            if proof is None:
+                raise dpop.invalid("FAPI 2.0 clients must send a DPoP proof to the token endpoint.")
+            dpop.require(
+                proof,
+                algs=dpop.FAPI2_DPOP_ALGS,
+                nonce=bool(_cfg("DPOP_REQUIRE_NONCE_FAPI2")),
+            )
+        jkt = proof.jkt if proof else None
+        bound = _bound_jkt(grant.request)
+        if bound is not None and jkt is None:
+            raise dpop.invalid("This grant is bound to a DPoP key: send a DPoP proof by it.")
+        if bound is not None and not hmac.compare_digest(bound, jkt or ""):
+            raise InvalidGrantError("The DPoP proof key is not the key this grant is bound to.")
+        g.idp_dpop_jkt = jkt
+
+
+def _bound_jkt(request: OAuth2Request) -> str | None:
+    """The key the code (``dpop_jkt``) or refresh token family (``cnf_jkt``) is bound to."""
+    code = getattr(request, "authorization_code", None)
+    if isinstance(code, AuthorizationCode):
+        return code.dpop_jkt
+    refresh = getattr(request, "refresh_token", None)
+    if isinstance(refresh, tokens.RefreshTokenRecord):
+        return refresh.grant.cnf_jkt
+    return None
 
 
 # --- PKCE -------------------------------------------------------------------------------------
@@ -145,6 +202,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
                 acr=principal.acr,
                 amr=list(principal.amr),
                 claims_request=principal.claims_request,
+                dpop_jkt=data.get("dpop_jkt"),
                 expires_at=utcnow() + dt.timedelta(seconds=int(_cfg("CODE_TTL"))),
             )
         )

@@ -12,7 +12,7 @@ from authlib.integrations.flask_oauth2 import AuthorizationServer as FlaskAuthor
 from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Payload
 from authlib.oauth2.rfc6749 import InvalidClientError, InvalidRequestError, OAuth2Request
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
-from flask import Response, current_app
+from flask import Response, current_app, g
 from flask import request as flask_request
 from sqlalchemy import event, select
 
@@ -103,6 +103,17 @@ class AuthorizationServer(FlaskAuthorizationServer):
         # Access tokens are self-contained JWTs; refresh tokens are saved by the token
         # generator with their grant (idp.oauth.tokens).
         return None
+
+    def create_token_response(self, request: Any = None) -> Response:
+        """Check the DPoP proof (RFC 9449 §5) first, spending its ``jti`` before anything of
+        the grant is claimed; grants.DPoPBinding applies it once the client is known."""
+        from idp.oauth import dpop
+
+        try:
+            g.idp_dpop_proof = dpop.request_proof(flask_request, dpop.endpoint_url(flask_request))
+        except dpop.DPoPError as error:
+            return self.handle_error_response(None, error)
+        return super().create_token_response(request)
 
     def create_oauth2_request(self, request: Any) -> OAuth2Request:
         if isinstance(request, OAuth2Request):

@@ -50,9 +50,10 @@ def _cfg(name: str) -> Any:
 
 
 def issue_access_token(
-    *, client: Client, scope: str, principal: Principal | None
+    *, client: Client, scope: str, principal: Principal | None, jkt: str | None = None
 ) -> tuple[str, int]:
-    """Sign an RFC 9068 access token. Returns ``(token, expires_in)``."""
+    """Sign an RFC 9068 access token, bound to the DPoP key with thumbprint ``jkt`` when
+    given (``cnf``, RFC 9449 §6.1). Returns ``(token, expires_in)``."""
     now = int(time.time())
     ttl = int(_cfg("ACCESS_TOKEN_TTL"))
     claims: dict[str, Any] = {
@@ -64,6 +65,8 @@ def issue_access_token(
         "client_id": client.client_id,
         "scope": scope,
     }
+    if jkt:
+        claims["cnf"] = {"jkt": jkt}
     if principal is None:
         claims["sub"] = client.client_id
     else:
@@ -190,15 +193,24 @@ def principal_for_grant(grant: Grant) -> Principal | None:
 
 
 def audit_issue(
-    *, client: Client, principal: Principal, grant_type: str, scope: str | None
+    *,
+    client: Client,
+    principal: Principal,
+    grant_type: str,
+    scope: str | None,
+    jkt: str | None = None,
 ) -> None:
-    """Record tokens issued to ``client`` for a person (in the caller's transaction)."""
+    """Record tokens issued to ``client`` for a person (in the caller's transaction), with
+    the DPoP key thumbprint they are bound to, if any."""
+    details: dict[str, Any] = {"grant_type": grant_type, "gid": principal.gid, "scope": scope or ""}
+    if jkt:
+        details["dpop_jkt"] = jkt
     record(
         "oauth:token:issue",
         actor=f"client:{client.client_id}",
         subject=f"person:{principal.person.subject}",
         company_id=principal.company.id,
-        details={"grant_type": grant_type, "gid": principal.gid, "scope": scope or ""},
+        details=details,
     )
 
 
