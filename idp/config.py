@@ -45,6 +45,10 @@ DEFAULTS: dict[str, Any] = {
     # disabled client or a rotated secret keeps working on *other* workers; the worker that made
     # the change forgets at once.
     "CLIENT_CACHE_TTL": 5,
+    # Default lifetime of a consent in seconds, when the request names no duration (365 days).
+    "CONSENT_TTL": 365 * 24 * 3600,
+    # Longest consent a relying party may ask for with an authorization_details duration.
+    "CONSENT_MAX_TTL": 2 * 365 * 24 * 3600,
     # Lifetime of invitation links in seconds (7 days).
     "INVITE_TTL": 7 * 24 * 3600,
     # Maximum age, in seconds, of a client assertion's exp-iat window (RFC 7523).

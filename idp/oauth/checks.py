@@ -13,6 +13,7 @@ from flask import current_app
 
 from idp.keys import jws
 from idp.oauth.claims import parse_claims_request
+from idp.oauth.rar import check_purpose_param, parse_authorization_details
 
 MAX_PARAM_LENGTH = 2048
 KNOWN_PROMPTS = {"none", "login", "consent", "select_account"}
@@ -78,6 +79,15 @@ def check_id_token_hint(params: dict[str, Any], client: Any) -> None:
         raise InvalidRequestError("The 'id_token_hint' was issued to another client.")
 
 
+def check_authorization_details(params: dict[str, Any], client: Any) -> None:
+    # RFC 9396 §2 and §5: corp_data entries only, for categories the client is registered for.
+    parse_authorization_details(params.get("authorization_details"), client.scopes)
+
+
+def check_purpose(params: dict[str, Any], client: Any) -> None:
+    check_purpose_param(params.get("purpose"))
+
+
 CHECKS: tuple[Callable[[dict[str, Any], Any], None], ...] = (
     check_lengths,
     check_request_object,
@@ -86,6 +96,8 @@ CHECKS: tuple[Callable[[dict[str, Any], Any], None], ...] = (
     check_max_age,
     check_claims,
     check_id_token_hint,
+    check_authorization_details,
+    check_purpose,
 )
 
 

@@ -10,7 +10,10 @@ from typing import Any
 
 from idp.keys.services import SUPPORTED_ALGS
 
-SCOPES = ("openid", "profile", "email", "corp", "offline_access")
+from idp.data.categories import CATEGORIES, RAR_TYPE
+
+# corp_consents: a company admin's token for the consents API (idp.consent.views).
+SCOPES = ("openid", "profile", "email", "corp", "offline_access", *CATEGORIES, "corp_consents")
 CLAIMS = (
     "sub",
     "iss",
@@ -77,6 +80,7 @@ def provider_metadata(issuer: str) -> dict[str, Any]:
         "frontchannel_logout_supported": False,
         "backchannel_logout_supported": True,
         "backchannel_logout_session_supported": True,
+        "authorization_details_types_supported": [RAR_TYPE],
     }
 
 

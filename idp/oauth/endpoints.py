@@ -82,6 +82,11 @@ class Introspection(IntrospectionEndpoint):
                 "scope": grant.scope,
                 "exp": int(grant.expires_at.timestamp()),
                 "iss": current_app.config["IDP"]["ISSUER"],
+                **(
+                    {"authorization_details": grant.authorization_details}
+                    if grant.authorization_details
+                    else {}
+                ),
             }
         return access_token_introspection(token.access_claims or {})
 
@@ -112,6 +117,7 @@ INTROSPECTED_CLAIMS = (
     "amr",
     "sid",
     "act",
+    "authorization_details",
 )
 
 
