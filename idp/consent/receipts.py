@@ -68,7 +68,8 @@ def issue(consent: Consent, *, event: str) -> ConsentReceipt:
     """Sign and store a receipt for ``consent`` (flushed, not committed)."""
     jti = new_public_id()
     claims = receipt_claims(consent, event=event, jti=jti)
-    token = jws.sign(claims, alg=str(current_app.config["IDP"]["ACCESS_TOKEN_ALG"]), typ=RECEIPT_TYP)
+    alg = str(current_app.config["IDP"]["ACCESS_TOKEN_ALG"])
+    token = jws.sign(claims, alg=alg, typ=RECEIPT_TYP)
     row = ConsentReceipt(consent_id=consent.id, event=event, jti=jti, receipt=token)
     db.session.add(row)
     db.session.flush()

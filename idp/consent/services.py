@@ -139,9 +139,9 @@ def what_to_ask(
     categories = sorted(categories_of(None, authorization_details), key=CATEGORIES.index)
     if not scopes and not categories:
         return None
-    purposes = list(dict.fromkeys([*([purpose] if purpose else []), *details_purposes(
-        authorization_details
-    )]))
+    purposes = list(
+        dict.fromkeys([*([purpose] if purpose else []), *details_purposes(authorization_details)])
+    )
     ask = ConsentAsk(scopes, categories, purposes, consent_expiry(authorization_details))
     if force:
         return ask
@@ -314,14 +314,10 @@ def list_company_consents(company: Company, *, limit: int = 500) -> list[Company
             .limit(limit)
         )
     )
-    clients = {
-        c.id: c
-        for c in db.session.scalars(select(Client).where(Client.id.in_({r.client_id for r in rows})))
-    }
-    people = {
-        p.id: p
-        for p in db.session.scalars(select(Person).where(Person.id.in_({r.person_id for r in rows})))
-    }
+    client_ids = {r.client_id for r in rows}
+    person_ids = {r.person_id for r in rows}
+    clients = {c.id: c for c in db.session.scalars(select(Client).where(Client.id.in_(client_ids)))}
+    people = {p.id: p for p in db.session.scalars(select(Person).where(Person.id.in_(person_ids)))}
     now = utcnow()
     out = []
     for row in rows:

@@ -419,9 +419,10 @@ def _issue_code(
     server = _server()
     request = StoredOAuth2Request(pending.params, _request_uri())
     # Read by grants.save_authorization_code: the consent relied on and the details granted.
-    given = consent.live_consent(person, company, db.session.get(Client, pending.client_id))
-    request.consent_id = given.id if given is not None else None  # type: ignore[attr-defined]
-    request.authorization_details = authorization_details  # type: ignore[attr-defined]
+    client = db.session.get(Client, pending.client_id)
+    given = consent.live_consent(person, company, client) if client is not None else None
+    request.consent_id = given.id if given is not None else None
+    request.authorization_details = authorization_details
     try:
         grant = server.get_authorization_grant(request)
         redirect_uri = grant.validate_authorization_request()

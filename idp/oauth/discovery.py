@@ -8,9 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from idp.keys.services import SUPPORTED_ALGS
-
 from idp.data.categories import CATEGORIES, RAR_TYPE
+from idp.keys.services import SUPPORTED_ALGS
 
 # corp_consents: a company admin's token for the consents API (idp.consent.views).
 SCOPES = ("openid", "profile", "email", "corp", "offline_access", *CATEGORIES, "corp_consents")
