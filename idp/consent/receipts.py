@@ -8,7 +8,9 @@ Anyone can verify a receipt against our JWKS.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import json
 import time
 from typing import Any
 
@@ -88,10 +90,22 @@ def latest_receipt(consent_id: int | None) -> str | None:
     )
 
 
+def issued_consent_id(row: ConsentReceipt) -> str | None:
+    """The public consent id a stored receipt was issued for (a consent granted again after
+    a revocation or expiry has a new one). Read from our own signed payload."""
+    try:
+        segment = row.receipt.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (IndexError, ValueError):
+        return None
+    value = claims.get("consent_id") if isinstance(claims, dict) else None
+    return value if isinstance(value, str) else None
+
+
 def as_json(row: ConsentReceipt, consent: Consent) -> dict[str, Any]:
     return {
         "id": row.id,
-        "consent_id": consent.consent_id,
+        "consent_id": issued_consent_id(row) or consent.consent_id,
         "event": row.event,
         "jti": row.jti,
         "issued_at": _ts(row.created_at),

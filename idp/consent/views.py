@@ -54,7 +54,9 @@ def client_receipts() -> Response:
     from idp.oauth.server import IssuerOAuth2Request
     from idp.oauth.views import _check_form_post
 
-    refused = _check_form_post()
+    # An empty body (basic auth, first page) is fine; anything else must be a proper form.
+    empty = not request.content_length and not request.mimetype and not request.args
+    refused = None if empty else _check_form_post()
     if refused is not None:
         return refused
     client = authorization.authenticate_client(
