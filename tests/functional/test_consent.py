@@ -249,7 +249,7 @@ def test_consent_of_company_a_never_covers_company_b(
     a, b_co = who.companies
     b = browser()
     b.sign_in(who)
-    verifier, challenge = pkce_pair()
+    _, challenge = pkce_pair()
     url = authorize_url(live, bank, scope="openid corp_profile", challenge=challenge)
     cb = callback(b.run(url, company=a.id))
     assert "code" in cb.params
