@@ -495,3 +495,17 @@ def test_receipts_are_listed_for_their_client_only(
     assert anonymous.json()["error"] == "invalid_client"
     bad = post(live, "/consent/receipts", bank, {"after": "x"})
     assert bad.status_code == 400
+
+
+def test_consent_page_in_traditional_chinese(
+        live: Live, signed_in: Callable[..., tuple[PersonInfo, Browser]], bank: RP) -> None:
+    who, b = signed_in()
+    page, _ = start(live, b, bank, ui_locales="zh-Hant-HK",
+                    authorization_details=rar(["corp_officers", "corp_address"]))
+    assert page_kind(page) == "consent"
+    assert who.companies[0].name_zh in page.text
+    assert "公司的董事及秘書" in page.text
+    assert "公司的註冊地址" in page.text
+    assert "用途" in page.text
+    assert PURPOSE in page.text
+    assert "此同意有效至" in page.text
