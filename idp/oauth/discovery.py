@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 from idp.data.categories import CATEGORIES, RAR_TYPE
+from idp.data.sources import EVIDENCE_TYPE, REGISTER_RECORD_TYPE
 from idp.keys.services import SUPPORTED_ALGS
 
 # corp_consents: a company admin's token for the consents API (idp.consent.views).
@@ -30,6 +31,8 @@ CLAIMS = (
     "email_verified",
     "corp",
     "act",
+    *CATEGORIES,
+    "verified_claims",
 )
 CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
 CLIENT_ASSERTION_ALGS = ("RS256", "PS256", "ES256", "EdDSA")
@@ -80,6 +83,21 @@ def provider_metadata(issuer: str) -> dict[str, Any]:
         "backchannel_logout_supported": True,
         "backchannel_logout_session_supported": True,
         "authorization_details_types_supported": [RAR_TYPE],
+        **identity_assurance_metadata(),
+    }
+
+
+def identity_assurance_metadata() -> dict[str, Any]:
+    """OpenID Connect for Identity Assurance 1.0 metadata: company data categories are
+    released as verified_claims, evidenced by electronic records of the company register."""
+    from flask import current_app
+
+    return {
+        "verified_claims_supported": True,
+        "trust_frameworks_supported": [str(current_app.config["IDP"]["DATA_TRUST_FRAMEWORK"])],
+        "evidence_supported": [EVIDENCE_TYPE],
+        "electronic_records_supported": [REGISTER_RECORD_TYPE],
+        "claims_in_verified_claims_supported": list(CATEGORIES),
     }
 
 

@@ -105,7 +105,7 @@ def test_granted_details_reach_token_introspection_and_access_token(
     # Plain words: who, for which company, what, why and until when.
     assert "Bank of Examples" in page.text
     assert who.companies[0].name_en in page.text
-    assert "Business Registration number, names, type, status and incorporation date" in page.text
+    assert "names, type, status and date of incorporation" in page.text
     assert "directors and secretary" in page.text
     assert PURPOSE in page.text
     until = (dt.datetime.now(dt.UTC) + dt.timedelta(days=30)).strftime("%d %B %Y")
