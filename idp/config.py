@@ -45,6 +45,10 @@ DEFAULTS: dict[str, Any] = {
     # disabled client or a rotated secret keeps working on *other* workers; the worker that made
     # the change forgets at once.
     "CLIENT_CACHE_TTL": 5,
+    # Default lifetime of a consent in seconds, when the request names no duration (365 days).
+    "CONSENT_TTL": 365 * 24 * 3600,
+    # Longest consent a relying party may ask for with an authorization_details duration.
+    "CONSENT_MAX_TTL": 2 * 365 * 24 * 3600,
     # Seconds a worker may answer an access token it found active from memory, while the
     # shared revocation epoch in Redis is unchanged (idp.oauth.active_cache; 0 disables, and
     # nothing is cached without IDP_REDIS_URL). Revocations are seen at once regardless.

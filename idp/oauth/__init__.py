@@ -45,6 +45,7 @@ def init_oauth(app: Flask) -> None:
 
     from idp.admin.views import bp as admin_bp
     from idp.authn.views import bp as authn_bp
+    from idp.consent.views import bp as consent_bp
     from idp.oauth.views import bp
     from idp.orgs.views import bp as orgs_bp
 
@@ -52,3 +53,4 @@ def init_oauth(app: Flask) -> None:
     app.register_blueprint(authn_bp)
     app.register_blueprint(admin_bp)
     app.register_blueprint(orgs_bp)
+    app.register_blueprint(consent_bp)

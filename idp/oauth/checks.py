@@ -13,6 +13,7 @@ from flask import current_app
 
 from idp.keys import jws
 from idp.oauth.claims import parse_claims_request
+from idp.oauth.rar import check_purpose_param, parse_authorization_details
 
 MAX_PARAM_LENGTH = 2048
 KNOWN_PROMPTS = {"none", "login", "consent", "select_account"}
@@ -87,6 +88,15 @@ def check_dpop_jkt(params: dict[str, Any], client: Any) -> None:
         raise InvalidRequestError("'dpop_jkt' must be a base64url SHA-256 JWK thumbprint.")
 
 
+def check_authorization_details(params: dict[str, Any], client: Any) -> None:
+    # RFC 9396 §2 and §5: corp_data entries only, for categories the client is registered for.
+    parse_authorization_details(params.get("authorization_details"), client.scopes)
+
+
+def check_purpose(params: dict[str, Any], client: Any) -> None:
+    check_purpose_param(params.get("purpose"))
+
+
 CHECKS: tuple[Callable[[dict[str, Any], Any], None], ...] = (
     check_lengths,
     check_request_object,
@@ -96,6 +106,8 @@ CHECKS: tuple[Callable[[dict[str, Any], Any], None], ...] = (
     check_claims,
     check_id_token_hint,
     check_dpop_jkt,
+    check_authorization_details,
+    check_purpose,
 )
 
 

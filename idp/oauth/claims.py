@@ -61,8 +61,10 @@ class Principal:
     acr: str | None = None
     amr: list[str] = field(default_factory=list)
     claims_request: dict[str, Any] | None = None
-    # RFC 9396 details of the grant (corp_data categories release company data).
+    # RFC 9396: the authorization details granted (access token claim, refresh keeps them).
     authorization_details: list[dict[str, Any]] | None = None
+    # When the grant ends (capped at its consent's expiry): no access token outlives it.
+    grant_expires_at: int | None = None
 
 
 def subject_for(client: Client, person: Person) -> str:

@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from idp.data.categories import CATEGORIES
+from idp.data.categories import CATEGORIES, RAR_TYPE
 from idp.data.sources import EVIDENCE_TYPE, REGISTER_RECORD_TYPE
 from idp.keys.services import SUPPORTED_ALGS
 
-SCOPES = ("openid", "profile", "email", "corp", "offline_access", *CATEGORIES)
+# corp_consents: a company admin's token for the consents API (idp.consent.views).
+SCOPES = ("openid", "profile", "email", "corp", "offline_access", *CATEGORIES, "corp_consents")
 CLAIMS = (
     "sub",
     "iss",
@@ -84,6 +85,7 @@ def provider_metadata(issuer: str) -> dict[str, Any]:
         "backchannel_logout_supported": True,
         "backchannel_logout_session_supported": True,
         "dpop_signing_alg_values_supported": list(DPOP_SIGNING_ALGS),
+        "authorization_details_types_supported": [RAR_TYPE],
         **identity_assurance_metadata(),
     }
 

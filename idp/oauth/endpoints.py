@@ -82,6 +82,11 @@ class Introspection(IntrospectionEndpoint):
                 "scope": grant.scope,
                 "exp": int(grant.expires_at.timestamp()),
                 "iss": current_app.config["IDP"]["ISSUER"],
+                **(
+                    {"authorization_details": grant.authorization_details}
+                    if grant.authorization_details
+                    else {}
+                ),
             }
             if grant.cnf_jkt:
                 answer["cnf"] = {"jkt": grant.cnf_jkt}
@@ -118,6 +123,7 @@ INTROSPECTED_CLAIMS = (
     "sid",
     "act",
     "cnf",
+    "authorization_details",
 )
 
 

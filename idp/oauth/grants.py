@@ -71,6 +71,12 @@ def generate_token(
             grant.cnf_jkt = jkt  # the family's refresh tokens are bound to the key too
         if grant is not None and include_refresh_token:
             token["refresh_token"] = tokens.new_refresh_token(grant)
+    if user is not None and user.authorization_details:
+        token["authorization_details"] = user.authorization_details  # RFC 9396 §7
+    if user is not None and user.grant_id is not None:
+        receipt = _consent_receipt(user.grant_id)
+        if receipt:
+            token["consent_receipt"] = receipt
     if user is not None:
         # Tokens for a person are audited (their grant is written anyway). Client-credentials
         # tokens are stateless by design and are not written one by one (see idp.oauth.tokens).
@@ -126,6 +132,14 @@ def _bound_jkt(request: OAuth2Request) -> str | None:
     if isinstance(refresh, tokens.RefreshTokenRecord):
         return refresh.grant.cnf_jkt
     return None
+
+
+def _consent_receipt(grant_id: int) -> str | None:
+    """The latest signed receipt of the consent a grant was issued under."""
+    from idp.consent.receipts import latest_receipt
+
+    grant = db.session.get(tokens.Grant, grant_id)
+    return latest_receipt(grant.consent_id) if grant is not None else None
 
 
 # --- PKCE -------------------------------------------------------------------------------------
@@ -203,6 +217,9 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
                 amr=list(principal.amr),
                 claims_request=principal.claims_request,
                 dpop_jkt=data.get("dpop_jkt"),
+                # Set by idp.oauth.authorize: the consent relied on and the details granted.
+                consent_id=getattr(request, "consent_id", None),
+                authorization_details=getattr(request, "authorization_details", None),
                 expires_at=utcnow() + dt.timedelta(seconds=int(_cfg("CODE_TTL"))),
             )
         )
@@ -260,6 +277,15 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             if session is None or session.ended_at is not None:
                 return None
             security_key_id = session.security_key_id
+        consent_expires_at = None
+        if authorization_code.consent_id is not None:
+            from idp.consent.models import Consent
+            from idp.consent.services import LIVE, status
+
+            consent = db.session.get(Consent, authorization_code.consent_id)
+            if consent is None or status(consent) != LIVE:
+                return None  # revoked or expired since the code was issued: nothing released
+            consent_expires_at = consent.expires_at
         grant = tokens.create_grant(
             client=self.request.client,
             person=person,
@@ -272,6 +298,9 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             amr=list(authorization_code.amr),
             claims_request=authorization_code.claims_request,
             agent_company_id=authorization_code.agent_company_id,
+            authorization_details=authorization_code.authorization_details,
+            consent_id=authorization_code.consent_id,
+            consent_expires_at=consent_expires_at,
         )
         principal = tokens.principal_for_grant(grant)
         if principal is None:

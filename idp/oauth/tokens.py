@@ -56,6 +56,9 @@ def issue_access_token(
     given (``cnf``, RFC 9449 §6.1). Returns ``(token, expires_in)``."""
     now = int(time.time())
     ttl = int(_cfg("ACCESS_TOKEN_TTL"))
+    if principal is not None and principal.grant_expires_at is not None:
+        # Never beyond the grant (and so the consent) it was issued under.
+        ttl = max(0, min(ttl, principal.grant_expires_at - now))
     claims: dict[str, Any] = {
         "iss": _cfg("ISSUER"),
         "exp": now + ttl,
@@ -80,6 +83,8 @@ def issue_access_token(
             claims["amr"] = principal.amr
         if principal.sid:
             claims["sid"] = principal.sid
+        if principal.authorization_details:
+            claims["authorization_details"] = principal.authorization_details
         if principal.agent is not None:
             # Also what tells the liveness check to apply the third-party rules.
             claims["act"] = actor_claim(client, principal)
@@ -100,9 +105,18 @@ def create_grant(
     amr: list[str],
     claims_request: dict[str, Any] | None,
     agent_company_id: int | None = None,
+    authorization_details: list[dict[str, Any]] | None = None,
+    consent_id: int | None = None,
+    consent_expires_at: dt.datetime | None = None,
 ) -> Grant:
     """Start a token family for one authorization (flushed, not committed); with
-    ``agent_company_id`` the person acts for ``company`` as a member of that agent company."""
+    ``agent_company_id`` the person acts for ``company`` as a member of that agent company.
+    Under a consent (``consent_id``) the family ends when the consent expires, at the latest."""
+    expires_at = utcnow() + dt.timedelta(seconds=int(_cfg("REFRESH_TOKEN_TTL")))
+    if consent_expires_at is not None:
+        if consent_expires_at.tzinfo is None:
+            consent_expires_at = consent_expires_at.replace(tzinfo=dt.UTC)
+        expires_at = min(expires_at, consent_expires_at)
     grant = Grant(
         gid=new_public_id(),
         client_id=client.id,
@@ -116,7 +130,9 @@ def create_grant(
         auth_time=auth_time,
         acr=acr,
         amr=list(amr),
-        expires_at=utcnow() + dt.timedelta(seconds=int(_cfg("REFRESH_TOKEN_TTL"))),
+        authorization_details=authorization_details,
+        consent_id=consent_id,
+        expires_at=expires_at,
     )
     db.session.add(grant)
     db.session.flush()
@@ -189,7 +205,14 @@ def principal_for_grant(grant: Grant) -> Principal | None:
         amr=list(grant.amr),
         claims_request=grant.claims_request,
         authorization_details=grant.authorization_details,
+        grant_expires_at=_timestamp(grant.expires_at),
     )
+
+
+def _timestamp(value: dt.datetime) -> int:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return int(value.timestamp())
 
 
 def audit_issue(
@@ -292,6 +315,7 @@ def revoke_grants(
     session_id: int | None = None,
     security_key_id: int | None = None,
     agent_company_id: int | None = None,
+    consent_id: int | None = None,
 ) -> int:
     """Revoke every live grant matching all the given filters (the caller commits).
 
@@ -304,6 +328,7 @@ def revoke_grants(
         (Grant.client_id, client_id),
         (Grant.session_id, session_id),
         (Grant.security_key_id, security_key_id),
+        (Grant.consent_id, consent_id),
     ):
         if value is not None:
             filters.append(column == value)
