@@ -23,7 +23,7 @@ from sqlalchemy import select, update
 
 from idp import cache
 from idp.authn.models import LoginSession
-from idp.clients.models import Client
+from idp.clients.models import Client, ClientProfile
 from idp.db import utcnow
 from idp.extensions import db
 from idp.keys import jws
@@ -33,6 +33,8 @@ from idp.oauth.discovery import CLIENT_ASSERTION_ALGS
 from idp.oauth.models import AuthorizationCode
 from idp.security import AUTHORIZATION_CODE_PREFIX, digest, new_secret
 
+# FAPI 2.0 Security Profile §5.4.1: the client assertion algorithms for fapi2 clients.
+FAPI2_ASSERTION_ALGS = ("ES256", "PS256")
 ALL_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
 
 
@@ -345,7 +347,24 @@ class PrivateKeyJWT(JWTBearerClientAssertion):
 
             raise InvalidClientError(description="The client assertion is too large.")
         client: Client | None = super().__call__(query_client, request)
+        if client is not None and client.profile is ClientProfile.FAPI2:
+            self.check_fapi2_assertion(assertion)
         return client
+
+    def check_fapi2_assertion(self, assertion: str) -> None:
+        """FAPI 2.0 Security Profile §5.3.2.1 and §5.4.1: ES256 or PS256 only, and ``aud``
+        exactly the issuer (endpoint URLs are accepted for basic clients only)."""
+        from authlib.oauth2.rfc6749 import InvalidClientError
+
+        headers, claims = self.extract_assertion(assertion)
+        if headers.get("alg") not in FAPI2_ASSERTION_ALGS:
+            raise InvalidClientError(
+                description="FAPI 2.0 clients must sign assertions with ES256 or PS256."
+            )
+        if claims.get("aud") != _cfg("ISSUER"):
+            raise InvalidClientError(
+                description="FAPI 2.0 clients must use the issuer as the assertion's aud."
+            )
 
     def extract_assertion(self, assertion: str) -> tuple[dict[str, Any], dict[str, Any]]:
         from authlib.oauth2.rfc6749 import InvalidClientError
@@ -376,7 +395,8 @@ class PrivateKeyJWT(JWTBearerClientAssertion):
 
     def get_audiences(self) -> list[str]:
         issuer = _cfg("ISSUER")
-        return [issuer, issuer + "/token"]
+        # RFC 9126 §2: the PAR endpoint URL identifies us too.
+        return [issuer, issuer + "/token", issuer + "/par"]
 
     def verify_claims(self, claims: Any) -> None:
         from authlib.oauth2.rfc6749 import InvalidClientError
