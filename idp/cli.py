@@ -395,18 +395,12 @@ def client_create(as_json: bool, **options: Any) -> None:
     if secret:
         lines.append(f"client_secret: {secret}")
         lines.append("(the secret is shown once: store it now; only its hash is kept)")
-    par = created.profile.value == "fapi2"
-    if par:
+    shown: dict[str, Any] = {"client_id": created.client_id, "client_secret": secret}
+    if created.profile.value == "fapi2":
+        # RFC 9126 §6: the bank must push its authorization requests.
+        shown["require_pushed_authorization_requests"] = True
         lines.append("require_pushed_authorization_requests: true")
-    emit(
-        {
-            "client_id": created.client_id,
-            "client_secret": secret,
-            "require_pushed_authorization_requests": par,
-        },
-        as_json,
-        lines,
-    )
+    emit(shown, as_json, lines)
 
 
 @client.command("list")

@@ -28,7 +28,7 @@ HEADER_KEY_MEMBERS = ("jwk", "jku", "x5u", "x5c")
 
 
 class InvalidRequestObject(Exception):
-    """The ``request`` parameter is not an acceptable request object (``invalid_request_object``)."""
+    """The ``request`` parameter is not an acceptable request object."""
 
     error = "invalid_request_object"
 

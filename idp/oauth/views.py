@@ -239,8 +239,9 @@ def pushed_authorization() -> Response:
         return refused
     try:
         # DPoP at PAR (RFC 9449 §10.1): the verified proof's thumbprint goes in proof_jkt.
-        pushed = par.push(authorization.create_oauth2_request(None), proof_jkt=None,
-                          origin=_origin())
+        pushed = par.push(
+            authorization.create_oauth2_request(None), proof_jkt=None, origin=_origin()
+        )
     except par.PushError as exc:
         db.session.rollback()
         return json_error(exc.status, exc.error, exc.description, exc.headers)
