@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+import warnings
 from typing import Any
 
 from authlib.oauth2.rfc6749 import (
@@ -384,10 +385,13 @@ class PrivateKeyJWT(JWTBearerClientAssertion):
         "recommended" set, which lacks PS256 and EdDSA)."""
         from authlib.oauth2.rfc6749 import InvalidClientError
         from joserfc import jwt
-        from joserfc.errors import JoseError
+        from joserfc.errors import JoseError, SecurityWarning
 
         try:
-            token = jwt.decode(assertion, resolve_key, algorithms=list(CLIENT_ASSERTION_ALGS))
+            with warnings.catch_warnings():
+                # joserfc flags the "EdDSA" name as superseded by RFC 9864; OIDC still uses it.
+                warnings.filterwarnings("ignore", category=SecurityWarning, message="EdDSA")
+                token = jwt.decode(assertion, resolve_key, algorithms=list(CLIENT_ASSERTION_ALGS))
         except (JoseError, ValueError) as exc:
             raise InvalidClientError(description="The client assertion is not valid.") from exc
         self.verify_claims(token.claims)

@@ -141,15 +141,12 @@ def _authenticate(request: OAuth2Request) -> Client:
     try:
         client: Client = _server().authenticate_client(request, AUTH_METHODS, endpoint="par")
     except InvalidClientError as error:
-        headers = {}
-        auth = request.headers.get("Authorization", "") if request.headers else ""
-        if auth.lower().startswith("basic "):
-            headers["WWW-Authenticate"] = 'Basic realm="corp-id"'
+        # RFC 6749 §5.2 allows 401 for every failed client authentication: always here.
         raise PushError(
             "invalid_client",
             error.get_error_description() or "Client authentication failed.",
             401,
-            headers,
+            {"WWW-Authenticate": 'Basic realm="corp-id", error="invalid_client"'},
         ) from None
     except OAuth2Error as error:
         raise PushError(

@@ -139,7 +139,8 @@ class AuthorizationServer(FlaskAuthorizationServer):
             if client.profile is ClientProfile.FAPI2 and presented != {"private_key_jwt"}:
                 # FAPI 2.0 Security Profile §5.3.1.2, at every endpoint, whatever was registered.
                 raise InvalidClientError(
-                    description="FAPI 2.0 clients must authenticate with private_key_jwt."
+                    status_code=401 if "client_secret_basic" in presented else 400,
+                    description="FAPI 2.0 clients must authenticate with private_key_jwt.",
                 )
         except InvalidClientError as error:
             _audit_client_auth_failure(request, presented, endpoint, error)
