@@ -75,8 +75,9 @@ def test_fapi2_without_par_and_unregistered_redirect_is_not_redirected(
     assert "Location" not in response.headers
 
 
-def test_basic_client_need_not_push(live: Live, signed_in: Callable[..., tuple[PersonInfo, Browser]],
-                                    make_client: Callable[..., RP]) -> None:
+def test_basic_client_need_not_push(
+        live: Live, signed_in: Callable[..., tuple[PersonInfo, Browser]],
+        make_client: Callable[..., RP]) -> None:
     _, b = signed_in()
     rp = make_client("private_key_jwt")
     _, challenge = pkce_pair()

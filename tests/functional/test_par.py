@@ -130,7 +130,8 @@ def test_basic_client_may_push_too(
     verifier, challenge = pkce_pair()
     uri = pushed_uri(live, rp, challenge)
     cb = callback(b.run(authorize_with(live, rp.client_id, uri)))
-    assert cb.params["code"] and cb.params["iss"] == live.issuer
+    assert cb.params["code"]
+    assert cb.params["iss"] == live.issuer
     answer = post(live, "/token", rp, {"grant_type": "authorization_code",
                                        "code": cb.params["code"], "code_verifier": verifier,
                                        "redirect_uri": rp.redirect_uri})
@@ -434,7 +435,8 @@ def test_discovery_is_truthful_about_par(live: Live, make_client: Callable[..., 
     assert doc["request_parameter_supported"] is False
     assert doc["request_uri_parameter_supported"] is False
     algs = doc["request_object_signing_alg_values_supported"]
-    assert "none" not in algs and not any(a.startswith("HS") for a in algs)
+    assert "none" not in algs
+    assert not any(a.startswith("HS") for a in algs)
     assert {"ES256", "PS256"} <= set(algs)
     # The endpoint answers, and a basic client need not push.
     assert_json_error(requests.post(doc["pushed_authorization_request_endpoint"],

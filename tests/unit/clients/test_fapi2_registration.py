@@ -19,9 +19,23 @@ def _create(runner: FlaskCliRunner, tmp_path: Path, *extra: str) -> dict[str, ob
     jwk = ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP256R1()).public_key(), as_dict=True)
     jwks_file = tmp_path / "jwks.json"
     jwks_file.write_text(json.dumps({"keys": [jwk]}))
-    created: dict[str, object] = data(run(
-        runner, "client", "create", "--name", "Bank", "--redirect-uri", RP,
-        "--auth-method", "private_key_jwt", "--jwks-file", str(jwks_file), *extra, "--json"))
+    created: dict[str, object] = data(
+        run(
+            runner,
+            "client",
+            "create",
+            "--name",
+            "Bank",
+            "--redirect-uri",
+            RP,
+            "--auth-method",
+            "private_key_jwt",
+            "--jwks-file",
+            str(jwks_file),
+            *extra,
+            "--json",
+        )
+    )
     return created
 
 

@@ -26,22 +26,39 @@ def key(alg: str) -> jwskate.Jwk:
 
 def client(profile: ClientProfile = ClientProfile.FAPI2, *algs: str) -> Client:
     keys = [key(a).public_jwk().to_dict() for a in (algs or ("ES256",))]
-    return Client(client_id="bank-1", name="Bank", auth_method=AuthMethod.PRIVATE_KEY_JWT,
-                  jwks={"keys": keys}, profile=profile)
+    return Client(
+        client_id="bank-1",
+        name="Bank",
+        auth_method=AuthMethod.PRIVATE_KEY_JWT,
+        jwks={"keys": keys},
+        profile=profile,
+    )
 
 
 def claims(**changes: Any) -> dict[str, Any]:
     now = int(time.time())
-    body: dict[str, Any] = {"iss": "bank-1", "aud": ISSUER, "client_id": "bank-1",
-                            "response_type": "code", "redirect_uri": "https://bank.example/cb",
-                            "scope": "openid corp_profile", "nbf": now, "exp": now + 300,
-                            "max_age": 600, "claims": {"id_token": {"acr": None}}}
+    body: dict[str, Any] = {
+        "iss": "bank-1",
+        "aud": ISSUER,
+        "client_id": "bank-1",
+        "response_type": "code",
+        "redirect_uri": "https://bank.example/cb",
+        "scope": "openid corp_profile",
+        "nbf": now,
+        "exp": now + 300,
+        "max_age": 600,
+        "claims": {"id_token": {"acr": None}},
+    }
     body.update(changes)
     return {k: v for k, v in body.items() if v is not None}
 
 
-def sign(body: dict[str, Any], alg: str = "ES256", typ: str | None = "oauth-authz-req+jwt",
-         signer: jwskate.Jwk | None = None) -> str:
+def sign(
+    body: dict[str, Any],
+    alg: str = "ES256",
+    typ: str | None = "oauth-authz-req+jwt",
+    signer: jwskate.Jwk | None = None,
+) -> str:
     return str(jwskate.Jwt.sign(body, signer or key(alg), alg=alg, typ=typ))
 
 
@@ -65,22 +82,25 @@ def test_typ_may_be_absent() -> None:
     assert verify(sign(claims(), typ=None))["client_id"] == "bank-1"
 
 
-@pytest.mark.parametrize(("name", "token_changes"), [
-    ("missing exp", {"exp": None}),
-    ("missing nbf", {"nbf": None}),
-    ("nbf not a number", {"nbf": "now"}),
-    ("nbf too old", {"nbf": int(time.time()) - 3700, "exp": int(time.time()) + 60}),
-    ("nbf in the future", {"nbf": int(time.time()) + 300, "exp": int(time.time()) + 600}),
-    ("exp - nbf over 60 min", {"exp": int(time.time()) + 3601}),
-    ("expired", {"nbf": int(time.time()) - 600, "exp": int(time.time()) - 120}),
-    ("wrong aud", {"aud": ISSUER + "/token"}),
-    ("missing aud", {"aud": None}),
-    ("wrong iss", {"iss": "other"}),
-    ("wrong client_id", {"client_id": "other"}),
-    ("missing client_id", {"client_id": None}),
-    ("nested request", {"request": "a.b.c"}),
-    ("nested request_uri", {"request_uri": "urn:x"}),
-])
+@pytest.mark.parametrize(
+    ("name", "token_changes"),
+    [
+        ("missing exp", {"exp": None}),
+        ("missing nbf", {"nbf": None}),
+        ("nbf not a number", {"nbf": "now"}),
+        ("nbf too old", {"nbf": int(time.time()) - 3700, "exp": int(time.time()) + 60}),
+        ("nbf in the future", {"nbf": int(time.time()) + 300, "exp": int(time.time()) + 600}),
+        ("exp - nbf over 60 min", {"exp": int(time.time()) + 3601}),
+        ("expired", {"nbf": int(time.time()) - 600, "exp": int(time.time()) - 120}),
+        ("wrong aud", {"aud": ISSUER + "/token"}),
+        ("missing aud", {"aud": None}),
+        ("wrong iss", {"iss": "other"}),
+        ("wrong client_id", {"client_id": "other"}),
+        ("missing client_id", {"client_id": None}),
+        ("nested request", {"request": "a.b.c"}),
+        ("nested request_uri", {"request_uri": "urn:x"}),
+    ],
+)
 def test_claim_rules(name: str, token_changes: dict[str, Any]) -> None:
     with pytest.raises(InvalidRequestObject):
         verify(sign(claims(**token_changes)))
@@ -106,8 +126,11 @@ def test_hmac_is_refused_even_with_the_public_key_as_secret() -> None:
 
 def test_key_in_the_header_is_never_used() -> None:
     attacker = jwskate.Jwk.generate(alg="ES256")
-    token = str(jwskate.Jwt.sign(claims(), attacker, alg="ES256",
-                                 extra_headers={"jwk": attacker.public_jwk().to_dict()}))
+    token = str(
+        jwskate.Jwt.sign(
+            claims(), attacker, alg="ES256", extra_headers={"jwk": attacker.public_jwk().to_dict()}
+        )
+    )
     with pytest.raises(InvalidRequestObject):
         verify(token)
 
@@ -131,13 +154,18 @@ def test_oversized_and_malformed_objects() -> None:
 
 
 def test_client_without_keys() -> None:
-    bare = Client(client_id="bank-1", name="Bank", auth_method=AuthMethod.PRIVATE_KEY_JWT,
-                  profile=ClientProfile.FAPI2)
+    bare = Client(
+        client_id="bank-1",
+        name="Bank",
+        auth_method=AuthMethod.PRIVATE_KEY_JWT,
+        profile=ClientProfile.FAPI2,
+    )
     with pytest.raises(InvalidRequestObject, match="keys"):
         verify(sign(claims()), bare)
 
 
 # --- PAR helpers ------------------------------------------------------------------------------
+
 
 def test_dpop_jkt_must_match_the_proof() -> None:
     from idp.oauth.par import PushError, _bind_dpop
