@@ -202,6 +202,24 @@ def test_expired_request_uri_is_refused(
     assert_page_error(b.go(authorize_with(ctx, rp.client_id, uri)))
 
 
+def test_purge_deletes_expired_pushed_requests(ctx: Live, make_client: Callable[..., RP]
+                                               ) -> None:
+    from idp.db import utcnow
+    from idp.oauth.models import PushedAuthorization
+    from idp.oauth.tokens import purge_expired
+
+    rp = fapi_client(make_client)
+    _, challenge = pkce_pair()
+    pushed_uri(ctx, rp, challenge)
+    pushed_uri(ctx, rp, challenge)
+    first = db.session.scalars(select(PushedAuthorization.id)).first()
+    db.session.execute(update(PushedAuthorization).where(PushedAuthorization.id == first)
+                       .values(expires_at=utcnow() - dt.timedelta(seconds=1)))
+    db.session.commit()
+    assert purge_expired()["pushed_authorizations"] == 1
+    assert len(db.session.scalars(select(PushedAuthorization)).all()) == 1
+
+
 def test_foreign_request_uri_is_refused_and_stays_usable(
         live: Live, signed_in: Callable[..., tuple[PersonInfo, Browser]],
         make_client: Callable[..., RP]) -> None:
