@@ -186,6 +186,18 @@ def test_request_uri_is_single_use(
     assert_page_error(b.go(authorize_with(live, rp.client_id, uri)))
 
 
+def test_racing_redemptions_cannot_both_win(live: Live, make_client: Callable[..., RP]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    rp = fapi_client(make_client)
+    _, challenge = pkce_pair()
+    url = authorize_with(live, rp.client_id, pushed_uri(live, rp, challenge))
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(
+            lambda _: requests.get(url, allow_redirects=False, timeout=15).status_code, range(4)))
+    assert sorted(answers) == [303, 400, 400, 400]  # one goes on to sign in
+
+
 def test_expired_request_uri_is_refused(
         ctx: Live, signed_in: Callable[..., tuple[PersonInfo, Browser]],
         make_client: Callable[..., RP]) -> None:
