@@ -47,6 +47,10 @@ DEFAULTS: dict[str, Any] = {
     # disabled client or a rotated secret keeps working on *other* workers; the worker that made
     # the change forgets at once.
     "CLIENT_CACHE_TTL": 5,
+    # Seconds a worker may answer an access token it found active from memory, while the
+    # shared revocation epoch in Redis is unchanged (idp.oauth.active_cache; 0 disables, and
+    # nothing is cached without IDP_REDIS_URL). Revocations are seen at once regardless.
+    "ACTIVE_TOKEN_CACHE_TTL": 30,
     # Lifetime of invitation links in seconds (7 days).
     "INVITE_TTL": 7 * 24 * 3600,
     # Maximum age, in seconds, of a client assertion's exp-iat window (RFC 7523).
@@ -93,6 +97,11 @@ DEFAULTS: dict[str, Any] = {
     # Threads per process sending back-channel logouts off the request (0: only the
     # `idp logout deliver` command sends them).
     "BACKCHANNEL_LOGOUT_THREADS": 4,
+    # Comma-separated company data sources, in order; each category comes from the first
+    # that provides it (idp.data.services.SOURCE_TYPES names them; "register" is the import).
+    "DATA_SOURCES": "register",
+    # IDA trust_framework named in verified_claims of data from the imported register.
+    "DATA_TRUST_FRAMEWORK": "corp_id_register",
     # Seconds between rounds of each process's audit sealer thread linking committed events
     # into the hash chain (0: no thread, only `idp audit seal` / `idp audit verify` seal).
     "AUDIT_SEAL_INTERVAL": 1,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from idp.oauth import active_cache  # noqa: F401 - registers the revocation listeners
 from idp.oauth.checks import AuthorizationChecks
 from idp.oauth.discovery import SCOPES
 from idp.oauth.endpoints import Introspection, Revocation

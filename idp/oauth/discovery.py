@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from idp.data.categories import CATEGORIES
+from idp.data.sources import EVIDENCE_TYPE, REGISTER_RECORD_TYPE
 from idp.keys.services import SUPPORTED_ALGS
 
-SCOPES = ("openid", "profile", "email", "corp", "offline_access")
+SCOPES = ("openid", "profile", "email", "corp", "offline_access", *CATEGORIES)
 CLAIMS = (
     "sub",
     "iss",
@@ -28,6 +30,8 @@ CLAIMS = (
     "email_verified",
     "corp",
     "act",
+    *CATEGORIES,
+    "verified_claims",
 )
 CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
 CLIENT_ASSERTION_ALGS = ("RS256", "PS256", "ES256", "EdDSA")
@@ -83,6 +87,21 @@ def provider_metadata(issuer: str) -> dict[str, Any]:
         "frontchannel_logout_supported": False,
         "backchannel_logout_supported": True,
         "backchannel_logout_session_supported": True,
+        **identity_assurance_metadata(),
+    }
+
+
+def identity_assurance_metadata() -> dict[str, Any]:
+    """OpenID Connect for Identity Assurance 1.0 metadata: company data categories are
+    released as verified_claims, evidenced by electronic records of the company register."""
+    from flask import current_app
+
+    return {
+        "verified_claims_supported": True,
+        "trust_frameworks_supported": [str(current_app.config["IDP"]["DATA_TRUST_FRAMEWORK"])],
+        "evidence_supported": [EVIDENCE_TYPE],
+        "electronic_records_supported": [REGISTER_RECORD_TYPE],
+        "claims_in_verified_claims_supported": list(CATEGORIES),
     }
 
 

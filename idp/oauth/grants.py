@@ -25,6 +25,7 @@ from sqlalchemy import select, update
 from idp import cache
 from idp.authn.models import LoginSession
 from idp.clients.models import Client, ClientProfile
+from idp.data.categories import CATEGORIES
 from idp.db import utcnow
 from idp.extensions import db
 from idp.keys import jws
@@ -323,8 +324,9 @@ class ClientCredentialsGrant(grants.ClientCredentialsGrant):
 
 def client_credentials_scope_allowed(client: Client, scope: str | None) -> bool:
     """Whether ``client`` may ask for ``scope`` without a person: only its registered scopes,
-    never ``openid`` or ``offline_access`` (they need a person)."""
-    allowed = set(client.scopes) - {"openid", "offline_access"}
+    never ``openid``, ``offline_access`` or a company data category (they need a person, and
+    company data the company's consent)."""
+    allowed = set(client.scopes) - {"openid", "offline_access", *CATEGORIES}
     return all(s in allowed for s in (scope or "").split())
 
 

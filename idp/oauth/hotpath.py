@@ -186,10 +186,8 @@ def access_token_introspection_answer(environ: dict[str, Any], form: Form) -> di
     client = authenticated_client(environ, form, endpoint="introspection")
     if client is None:
         return None
-    claims = tokens.decode_access_token(token)
+    claims = tokens.check_access_token(token)
     if claims is None or claims.get("client_id") != client.client_id:
-        return None
-    if not tokens.is_access_token_live(claims):
         return None
     _count(environ, client)
     return access_token_introspection(claims)

@@ -185,6 +185,7 @@ def principal_for_grant(grant: Grant) -> Principal | None:
         acr=grant.acr,
         amr=list(grant.amr),
         claims_request=grant.claims_request,
+        authorization_details=grant.authorization_details,
     )
 
 
@@ -432,10 +433,20 @@ def _agent_token_live(jti: str, gid: object) -> bool:
 
 
 def check_access_token(token: str) -> dict[str, Any] | None:
-    """Claims of an active access token (signature, expiry, revocation), else None."""
+    """Claims of an active access token (signature, expiry, revocation), else None.
+
+    A token this worker found active moments ago is answered from memory while no revocation
+    has happened since (``idp.oauth.active_cache``)."""
+    from idp.oauth import active_cache
+
+    epoch = active_cache.current_epoch()  # read before the database is asked
+    claims = active_cache.recall(token, epoch)
+    if claims is not None:
+        return claims
     claims = decode_access_token(token)
     if claims is None or not is_access_token_live(claims):
         return None
+    active_cache.remember(token, epoch, claims)
     return claims
 
 
