@@ -200,7 +200,9 @@ def claim(request_uri: str, *, client_id: str | None) -> tuple[Client, dict[str,
         raise InvalidRequestURI(
             "This sign-in request is not known. Start again from the site you came from."
         )
-    client = _server().query_client(client_id) if client_id else None
+    if not client_id:
+        raise InvalidRequestURI("Send client_id with the request_uri (RFC 9126 §4).")
+    client = _server().query_client(client_id)
     if client is None or client.id != row.client_id:
         raise InvalidRequestURI("This request_uri was pushed by another client.")
     now = utcnow()
