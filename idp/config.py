@@ -29,6 +29,8 @@ DEFAULTS: dict[str, Any] = {
     "DEMO": False,
     # Lifetime of authorization codes in seconds (SECURITY.md: at most 60).
     "CODE_TTL": 60,
+    # Lifetime of a pushed authorization request's request_uri in seconds (RFC 9126; < 600).
+    "PAR_TTL": 60,
     # Lifetime of JWT access tokens in seconds.
     "ACCESS_TOKEN_TTL": 600,
     # Lifetime of ID tokens in seconds.
@@ -179,6 +181,8 @@ def validate_config(config: dict[str, Any]) -> None:
         raise ValueError("IDP_ISSUER must be an https URL (http only on localhost)")
     if config["CODE_TTL"] > 60 or config["CODE_TTL"] <= 0:
         raise ValueError("IDP_CODE_TTL must be between 1 and 60 seconds")
+    if not 0 < int(config.get("PAR_TTL", 60)) < 600:
+        raise ValueError("IDP_PAR_TTL must be between 1 and 599 seconds")
     if config["ACCESS_TOKEN_ALG"] not in ("ES256", "RS256", "PS256", "EdDSA"):
         raise ValueError("IDP_ACCESS_TOKEN_ALG must be ES256, RS256, PS256 or EdDSA")
     rp_id = str(config.get("WEBAUTHN_RP_ID") or "")

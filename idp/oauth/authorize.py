@@ -24,6 +24,7 @@ from idp.db import utcnow
 from idp.delegation import services as delegation
 from idp.delegation.services import AgentOption
 from idp.extensions import db
+from idp.oauth import par
 from idp.oauth.claims import Principal, claims_param_scopes, parse_claims_request
 from idp.oauth.models import PendingAuthorization
 from idp.oauth.rar import check_purpose_param, parse_authorization_details
@@ -142,16 +143,35 @@ def start(values: dict[str, list[str]]) -> tuple[str, PendingAuthorization] | Cl
         raise AuthorizationPageError("invalid_request", "The request contains a NUL character.")
     params = {k: v[0] for k, v in values.items() if v}
     duplicated = sorted(k for k, v in values.items() if len(v) > 1)
-    if any(k in ("client_id", "redirect_uri") for k in duplicated):
+    if any(k in ("client_id", "redirect_uri", "request_uri") for k in duplicated):
         raise AuthorizationPageError(
-            "invalid_request", "The request repeats client_id or redirect_uri."
+            "invalid_request", "The request repeats client_id, redirect_uri or request_uri."
         )
+    pushed = params.get("request_uri", "").startswith(par.REQUEST_URI_PREFIX)
+    if pushed:
+        # RFC 9126 §4: the pushed parameters are the request; anything else sent is ignored.
+        try:
+            _, params = par.claim(params["request_uri"], client_id=params.get("client_id"))
+        except par.InvalidRequestURI as exc:
+            raise AuthorizationPageError("invalid_request_uri", exc.description) from None
+        duplicated = []
     request = StoredOAuth2Request(params, _request_uri())
     server = _server()
     try:
         grant = server.get_consent_grant(request)
     except OAuth2Error as error:
         return _error_redirect(error, params, error.redirect_uri)
+    if not pushed and par.uses_par(request.client):
+        from authlib.oauth2.rfc6749 import InvalidRequestError
+
+        return _error_redirect(
+            InvalidRequestError(
+                "This client must push its authorization requests (PAR, RFC 9126) "
+                "and send only request_uri and client_id here."
+            ),
+            params,
+            grant.redirect_uri,
+        )
     if duplicated:
         from authlib.oauth2.rfc6749 import InvalidRequestError
 

@@ -48,6 +48,7 @@ PATHS = {
     "introspection_endpoint": "/introspect",
     "revocation_endpoint": "/revoke",
     "end_session_endpoint": "/logout",
+    "pushed_authorization_request_endpoint": "/par",
 }
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 AS_METADATA_PATH = "/.well-known/oauth-authorization-server"
@@ -75,8 +76,13 @@ def provider_metadata(issuer: str) -> dict[str, Any]:
         "code_challenge_methods_supported": ["S256"],
         "claims_supported": list(CLAIMS),
         "claims_parameter_supported": True,
+        # Request objects (RFC 9101) are accepted at the PAR endpoint only, never at
+        # /authorize, which takes a request_uri only from PAR: both flags describe /authorize.
         "request_parameter_supported": False,
         "request_uri_parameter_supported": False,
+        "request_object_signing_alg_values_supported": list(CLIENT_ASSERTION_ALGS),
+        # Basic clients need not push; fapi2 clients must (their registration says so).
+        "require_pushed_authorization_requests": False,
         "acr_values_supported": list(ACR_VALUES),
         "ui_locales_supported": ["en", "zh-Hant-HK"],
         "claim_types_supported": ["normal"],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import time
+import warnings
 from typing import Any
 
 from authlib.oauth2.rfc6749 import (
@@ -35,6 +36,8 @@ from idp.oauth.discovery import CLIENT_ASSERTION_ALGS
 from idp.oauth.models import AuthorizationCode
 from idp.security import AUTHORIZATION_CODE_PREFIX, digest, new_secret
 
+# FAPI 2.0 Security Profile §5.4.1: the client assertion algorithms for fapi2 clients.
+FAPI2_ASSERTION_ALGS = ("ES256", "PS256")
 ALL_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
 
 
@@ -434,7 +437,24 @@ class PrivateKeyJWT(JWTBearerClientAssertion):
 
             raise InvalidClientError(description="The client assertion is too large.")
         client: Client | None = super().__call__(query_client, request)
+        if client is not None and client.profile is ClientProfile.FAPI2:
+            self.check_fapi2_assertion(assertion)
         return client
+
+    def check_fapi2_assertion(self, assertion: str) -> None:
+        """FAPI 2.0 Security Profile §5.3.2.1 and §5.4.1: ES256 or PS256 only, and ``aud``
+        exactly the issuer (endpoint URLs are accepted for basic clients only)."""
+        from authlib.oauth2.rfc6749 import InvalidClientError
+
+        headers, claims = self.extract_assertion(assertion)
+        if headers.get("alg") not in FAPI2_ASSERTION_ALGS:
+            raise InvalidClientError(
+                description="FAPI 2.0 clients must sign assertions with ES256 or PS256."
+            )
+        if claims.get("aud") != _cfg("ISSUER"):
+            raise InvalidClientError(
+                description="FAPI 2.0 clients must use the issuer as the assertion's aud."
+            )
 
     def extract_assertion(self, assertion: str) -> tuple[dict[str, Any], dict[str, Any]]:
         from authlib.oauth2.rfc6749 import InvalidClientError
@@ -454,10 +474,13 @@ class PrivateKeyJWT(JWTBearerClientAssertion):
         "recommended" set, which lacks PS256 and EdDSA)."""
         from authlib.oauth2.rfc6749 import InvalidClientError
         from joserfc import jwt
-        from joserfc.errors import JoseError
+        from joserfc.errors import JoseError, SecurityWarning
 
         try:
-            token = jwt.decode(assertion, resolve_key, algorithms=list(CLIENT_ASSERTION_ALGS))
+            with warnings.catch_warnings():
+                # joserfc flags the "EdDSA" name as superseded by RFC 9864; OIDC still uses it.
+                warnings.filterwarnings("ignore", category=SecurityWarning, message="EdDSA")
+                token = jwt.decode(assertion, resolve_key, algorithms=list(CLIENT_ASSERTION_ALGS))
         except (JoseError, ValueError) as exc:
             raise InvalidClientError(description="The client assertion is not valid.") from exc
         self.verify_claims(token.claims)
@@ -465,7 +488,8 @@ class PrivateKeyJWT(JWTBearerClientAssertion):
 
     def get_audiences(self) -> list[str]:
         issuer = _cfg("ISSUER")
-        return [issuer, issuer + "/token"]
+        # RFC 9126 §2: the PAR endpoint URL identifies us too.
+        return [issuer, issuer + "/token", issuer + "/par"]
 
     def verify_claims(self, claims: Any) -> None:
         from authlib.oauth2.rfc6749 import InvalidClientError

@@ -17,7 +17,7 @@ from flask import request as flask_request
 from sqlalchemy import event, select
 
 from idp import cache
-from idp.clients.models import Client
+from idp.clients.models import Client, ClientProfile
 from idp.extensions import db
 
 NO_STORE = [("Cache-Control", "no-store"), ("Pragma", "no-cache")]
@@ -147,6 +147,12 @@ class AuthorizationServer(FlaskAuthorizationServer):
             client: Client = super().authenticate_client(request, methods, endpoint)
             if not client.is_active:
                 raise InvalidClientError(description="The client is disabled.")
+            if client.profile is ClientProfile.FAPI2 and presented != {"private_key_jwt"}:
+                # FAPI 2.0 Security Profile §5.3.1.2, at every endpoint, whatever was registered.
+                raise InvalidClientError(
+                    status_code=401 if "client_secret_basic" in presented else 400,
+                    description="FAPI 2.0 clients must authenticate with private_key_jwt.",
+                )
         except InvalidClientError as error:
             _audit_client_auth_failure(request, presented, endpoint, error)
             raise

@@ -493,7 +493,7 @@ def check_access_token(token: str) -> dict[str, Any] | None:
 def purge_expired() -> dict[str, int]:
     """Delete protocol state nobody can use any more (run periodically: ``idp purge``).
 
-    Expired codes and pending authorizations, revoked-jti entries past their token's expiry,
+    Expired codes, pending and pushed authorizations, revoked-jti entries past their token's expiry,
     refresh tokens of expired grants, expired WebAuthn challenges, back-channel logout records
     delivered or given up more than a day ago (the audit trail keeps each outcome). Grants
     themselves are kept (audit trail of what was issued) until a retention job decides
@@ -502,7 +502,12 @@ def purge_expired() -> dict[str, int]:
     from sqlalchemy import delete
 
     from idp.authn.ceremonies import purge_expired_challenges
-    from idp.oauth.models import AuthorizationCode, BackchannelDelivery, PendingAuthorization
+    from idp.oauth.models import (
+        AuthorizationCode,
+        BackchannelDelivery,
+        PendingAuthorization,
+        PushedAuthorization,
+    )
 
     now = utcnow()
     expired_grants = select(Grant.id).where(Grant.expires_at <= now)
@@ -515,6 +520,9 @@ def purge_expired() -> dict[str, int]:
         ),
         "pending_authorizations": delete(PendingAuthorization).where(
             PendingAuthorization.expires_at <= now
+        ),
+        "pushed_authorizations": delete(PushedAuthorization).where(
+            PushedAuthorization.expires_at <= now
         ),
         "revoked_access_tokens": delete(RevokedAccessToken).where(
             RevokedAccessToken.expires_at <= now

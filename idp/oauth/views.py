@@ -226,6 +226,32 @@ def revoke() -> Response:
     return _check_form_post() or _finish(authorization.create_endpoint_response("revocation"))
 
 
+@bp.post("/par")
+@csrf.exempt
+@api_view
+def pushed_authorization() -> Response:
+    """RFC 9126 §2: push an authorization request; 201 with its single-use request_uri."""
+    from idp.extensions import db
+    from idp.oauth import authorization, par
+
+    refused = _check_form_post()
+    if refused is not None:
+        return refused
+    try:
+        # DPoP at PAR (RFC 9449 §10.1): the verified proof's thumbprint goes in proof_jkt.
+        pushed = par.push(
+            authorization.create_oauth2_request(None), proof_jkt=None, origin=_origin()
+        )
+    except par.PushError as exc:
+        db.session.rollback()
+        return json_error(exc.status, exc.error, exc.description, exc.headers)
+    body = json.dumps({"request_uri": pushed.request_uri, "expires_in": pushed.expires_in})
+    response = Response(body, status=201, mimetype="application/json")
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
+    return response
+
+
 # --- userinfo ---------------------------------------------------------------------------------
 
 
