@@ -55,6 +55,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     init_oauth(app)
     web.init_app(app)
     register_error_handlers(app)
+    from idp.data.views import bp as data_bp
+
+    app.register_blueprint(data_bp)
     if settings["DEMO"]:
         from idp.demo_rp.views import bp as demo_rp_bp
 

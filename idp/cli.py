@@ -318,7 +318,8 @@ def _client_options(*, create: bool) -> Callable[[F], F]:
             click.option(
                 "--subject-type",
                 type=click.Choice([t.value for t in SubjectType]),
-                default="public" if create else None,
+                default=None,
+                help="public, or pairwise (the default for --profile fapi2).",
             ),
             click.option("--post-logout-redirect-uri", "post_logout_redirect_uris", multiple=True),
             click.option("--backchannel-logout-uri", help="Back-channel logout URL ('' clears)."),
@@ -397,7 +398,12 @@ def client_create(as_json: bool, **options: Any) -> None:
     if secret:
         lines.append(f"client_secret: {secret}")
         lines.append("(the secret is shown once: store it now; only its hash is kept)")
-    emit({"client_id": created.client_id, "client_secret": secret}, as_json, lines)
+    shown: dict[str, Any] = {"client_id": created.client_id, "client_secret": secret}
+    if created.profile.value == "fapi2":
+        # RFC 9126 §6: the bank must push its authorization requests.
+        shown["require_pushed_authorization_requests"] = True
+        lines.append("require_pushed_authorization_requests: true")
+    emit(shown, as_json, lines)
 
 
 @client.command("list")

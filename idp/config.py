@@ -29,6 +29,8 @@ DEFAULTS: dict[str, Any] = {
     "DEMO": False,
     # Lifetime of authorization codes in seconds (SECURITY.md: at most 60).
     "CODE_TTL": 60,
+    # Lifetime of a pushed authorization request's request_uri in seconds (RFC 9126; < 600).
+    "PAR_TTL": 60,
     # Lifetime of JWT access tokens in seconds.
     "ACCESS_TOKEN_TTL": 600,
     # Lifetime of ID tokens in seconds.
@@ -45,6 +47,14 @@ DEFAULTS: dict[str, Any] = {
     # disabled client or a rotated secret keeps working on *other* workers; the worker that made
     # the change forgets at once.
     "CLIENT_CACHE_TTL": 5,
+    # Default lifetime of a consent in seconds, when the request names no duration (365 days).
+    "CONSENT_TTL": 365 * 24 * 3600,
+    # Longest consent a relying party may ask for with an authorization_details duration.
+    "CONSENT_MAX_TTL": 2 * 365 * 24 * 3600,
+    # Seconds a worker may answer an access token it found active from memory, while the
+    # shared revocation epoch in Redis is unchanged (idp.oauth.active_cache; 0 disables, and
+    # nothing is cached without IDP_REDIS_URL). Revocations are seen at once regardless.
+    "ACTIVE_TOKEN_CACHE_TTL": 30,
     # Lifetime of invitation links in seconds (7 days).
     "INVITE_TTL": 7 * 24 * 3600,
     # Maximum age, in seconds, of a client assertion's exp-iat window (RFC 7523).
@@ -91,6 +101,11 @@ DEFAULTS: dict[str, Any] = {
     # Threads per process sending back-channel logouts off the request (0: only the
     # `idp logout deliver` command sends them).
     "BACKCHANNEL_LOGOUT_THREADS": 4,
+    # Comma-separated company data sources, in order; each category comes from the first
+    # that provides it (idp.data.services.SOURCE_TYPES names them; "register" is the import).
+    "DATA_SOURCES": "register",
+    # IDA trust_framework named in verified_claims of data from the imported register.
+    "DATA_TRUST_FRAMEWORK": "corp_id_register",
     # Seconds between rounds of each process's audit sealer thread linking committed events
     # into the hash chain (0: no thread, only `idp audit seal` / `idp audit verify` seal).
     "AUDIT_SEAL_INTERVAL": 1,
@@ -105,6 +120,14 @@ DEFAULTS: dict[str, Any] = {
     "WEBAUTHN_MDS_ROOT": "mds-root.pem",
     # Comma-separated AAGUIDs allowed to enrol in trusted mode; empty = no allow-list.
     "WEBAUTHN_AAGUID_ALLOWLIST": "",
+    # Seconds in the past a DPoP proof's iat may be (RFC 9449 §11.1); older proofs are refused.
+    "DPOP_IAT_WINDOW": 60,
+    # Seconds in the future a DPoP proof's iat may be (clock skew of the client).
+    "DPOP_IAT_LEEWAY": 5,
+    # Seconds one DPoP server nonce slot lasts; a nonce is accepted for one to two slots.
+    "DPOP_NONCE_LIFETIME": 300,
+    # Require a DPoP server nonce from fapi2 clients at the token and resource endpoints.
+    "DPOP_REQUIRE_NONCE_FAPI2": True,
 }
 
 _BOOL = {
@@ -158,6 +181,8 @@ def validate_config(config: dict[str, Any]) -> None:
         raise ValueError("IDP_ISSUER must be an https URL (http only on localhost)")
     if config["CODE_TTL"] > 60 or config["CODE_TTL"] <= 0:
         raise ValueError("IDP_CODE_TTL must be between 1 and 60 seconds")
+    if not 0 < int(config.get("PAR_TTL", 60)) < 600:
+        raise ValueError("IDP_PAR_TTL must be between 1 and 599 seconds")
     if config["ACCESS_TOKEN_ALG"] not in ("ES256", "RS256", "PS256", "EdDSA"):
         raise ValueError("IDP_ACCESS_TOKEN_ALG must be ES256, RS256, PS256 or EdDSA")
     rp_id = str(config.get("WEBAUTHN_RP_ID") or "")
@@ -171,6 +196,10 @@ def validate_config(config: dict[str, Any]) -> None:
         raise ValueError(
             "IDP_WEBAUTHN_TIMEOUT_MS must be at least 1000 and no longer than the challenge lives"
         )
+    if not 1 <= int(config.get("DPOP_IAT_WINDOW", 60)) <= 600:
+        raise ValueError("IDP_DPOP_IAT_WINDOW must be between 1 and 600 seconds")
+    if not 1 <= int(config.get("DPOP_NONCE_LIFETIME", 300)) <= 3600:
+        raise ValueError("IDP_DPOP_NONCE_LIFETIME must be between 1 and 3600 seconds")
     _validate_attestation(config)
 
 

@@ -29,7 +29,8 @@ class StaticDocuments:
     def __init__(self, app: Flask, wsgi_app: WSGIApp) -> None:
         self.app = app
         self.wsgi_app = wsgi_app
-        self.metadata = metadata_document(app.config["IDP"]["ISSUER"])
+        with app.app_context():  # the metadata reads settings (identity assurance)
+            self.metadata = metadata_document(app.config["IDP"]["ISSUER"])
         self.jwks_path = PATHS["jwks_uri"]
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:

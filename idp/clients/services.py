@@ -307,19 +307,23 @@ def create_client(
     scopes: Iterable[str] | None = None,
     grant_types: Iterable[str] | None = None,
     id_token_alg: str | None = None,
-    subject_type: str = "public",
+    subject_type: str | None = None,
     post_logout_redirect_uris: Iterable[str] = (),
     backchannel_logout_uri: str | None = None,
     profile: str = "basic",
     members_authorised_only: bool = False,
     actor: str = "operator:cli",
 ) -> tuple[Client, str | None]:
-    """Register a relying party.
+    """Register a relying party. ``subject_type`` defaults to pairwise for ``fapi2`` clients
+    (banks must not be able to join their records; the sector is the redirect URIs' host),
+    public otherwise.
 
     Returns ``(client, secret)``: the plaintext secret for ``client_secret_basic`` and
     ``client_secret_post`` clients, shown this once and stored only hashed; ``None`` for
     ``private_key_jwt`` and ``none``. Raises ``ValidationError`` when a setting breaks a rule.
     """
+    if subject_type is None:
+        subject_type = "pairwise" if profile == ClientProfile.FAPI2.value else "public"
     settings = validate_settings(
         name=name,
         redirect_uris=redirect_uris,
@@ -493,6 +497,8 @@ def client_as_dict(client: Client) -> dict[str, Any]:
         "subject_type": client.subject_type.value,
         "sector_identifier": client.sector_identifier,
         "members_authorised_only": client.members_authorised_only,
+        # RFC 9126 §6 client metadata: FAPI 2.0 clients must push their requests.
+        "require_pushed_authorization_requests": client.profile is ClientProfile.FAPI2,
         "created_at": client.created_at.isoformat() if client.created_at else None,
         "updated_at": client.updated_at.isoformat() if client.updated_at else None,
     }

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from flask import Flask
 
+from idp.oauth import active_cache  # noqa: F401 - registers the revocation listeners
 from idp.oauth.checks import AuthorizationChecks
 from idp.oauth.discovery import SCOPES
 from idp.oauth.endpoints import Introspection, Revocation
 from idp.oauth.grants import (
     AuthorizationCodeGrant,
     ClientCredentialsGrant,
+    DPoPBinding,
     OpenIDConnectCode,
     PrivateKeyJWT,
     RefreshTokenGrant,
@@ -21,10 +23,15 @@ from idp.oauth.server import AuthorizationServer
 authorization = AuthorizationServer()
 authorization.register_grant(
     AuthorizationCodeGrant,
-    [S256CodeChallenge(required=True), OpenIDConnectCode(), AuthorizationChecks()],
+    [
+        S256CodeChallenge(required=True),
+        OpenIDConnectCode(),
+        AuthorizationChecks(),
+        DPoPBinding(),
+    ],
 )
-authorization.register_grant(RefreshTokenGrant)
-authorization.register_grant(ClientCredentialsGrant)
+authorization.register_grant(RefreshTokenGrant, [DPoPBinding()])
+authorization.register_grant(ClientCredentialsGrant, [DPoPBinding()])
 authorization.register_endpoint(Introspection)
 authorization.register_endpoint(Revocation)
 
@@ -38,6 +45,7 @@ def init_oauth(app: Flask) -> None:
 
     from idp.admin.views import bp as admin_bp
     from idp.authn.views import bp as authn_bp
+    from idp.consent.views import bp as consent_bp
     from idp.oauth.views import bp
     from idp.orgs.views import bp as orgs_bp
 
@@ -45,3 +53,4 @@ def init_oauth(app: Flask) -> None:
     app.register_blueprint(authn_bp)
     app.register_blueprint(admin_bp)
     app.register_blueprint(orgs_bp)
+    app.register_blueprint(consent_bp)

@@ -24,8 +24,10 @@ from idp.db import utcnow
 from idp.delegation import services as delegation
 from idp.delegation.services import AgentOption
 from idp.extensions import db
+from idp.oauth import par
 from idp.oauth.claims import Principal, claims_param_scopes, parse_claims_request
 from idp.oauth.models import PendingAuthorization
+from idp.oauth.rar import check_purpose_param, parse_authorization_details
 from idp.oauth.server import StoredOAuth2Request
 from idp.orgs.models import Company, Membership, Person
 from idp.security import digest, new_secret
@@ -70,6 +72,10 @@ class NeedConsent:
     company: Company
     scopes: list[str]
     ui_locales: str | None = None
+    # Company data categories asked through authorization_details (RFC 9396).
+    categories: list[str] = field(default_factory=list)
+    purposes: list[str] = field(default_factory=list)
+    expires_at: dt.datetime | None = None
 
 
 Outcome = ClientRedirect | NeedLogin | NeedCompany | NeedConsent
@@ -137,16 +143,35 @@ def start(values: dict[str, list[str]]) -> tuple[str, PendingAuthorization] | Cl
         raise AuthorizationPageError("invalid_request", "The request contains a NUL character.")
     params = {k: v[0] for k, v in values.items() if v}
     duplicated = sorted(k for k, v in values.items() if len(v) > 1)
-    if any(k in ("client_id", "redirect_uri") for k in duplicated):
+    if any(k in ("client_id", "redirect_uri", "request_uri") for k in duplicated):
         raise AuthorizationPageError(
-            "invalid_request", "The request repeats client_id or redirect_uri."
+            "invalid_request", "The request repeats client_id, redirect_uri or request_uri."
         )
+    pushed = params.get("request_uri", "").startswith(par.REQUEST_URI_PREFIX)
+    if pushed:
+        # RFC 9126 §4: the pushed parameters are the request; anything else sent is ignored.
+        try:
+            _, params = par.claim(params["request_uri"], client_id=params.get("client_id"))
+        except par.InvalidRequestURI as exc:
+            raise AuthorizationPageError("invalid_request_uri", exc.description) from None
+        duplicated = []
     request = StoredOAuth2Request(params, _request_uri())
     server = _server()
     try:
         grant = server.get_consent_grant(request)
     except OAuth2Error as error:
         return _error_redirect(error, params, error.redirect_uri)
+    if not pushed and par.uses_par(request.client):
+        from authlib.oauth2.rfc6749 import InvalidRequestError
+
+        return _error_redirect(
+            InvalidRequestError(
+                "This client must push its authorization requests (PAR, RFC 9126) "
+                "and send only request_uri and client_id here."
+            ),
+            params,
+            grant.redirect_uri,
+        )
     if duplicated:
         from authlib.oauth2.rfc6749 import InvalidRequestError
 
@@ -310,14 +335,34 @@ def resume(handle: str, session: LoginSession | None) -> Outcome:
     claims_request = parse_claims_request(pending.params.get("claims"))
     extra = claims_param_scopes(claims_request, list(client.scopes)) - set(scope.split())
     scope = " ".join([*scope.split(), *sorted(extra)])
-    missing = consent.missing_scopes(person, company, client, scope)
-    if "consent" in prompts and pending.consented_at is None:
-        missing = [s for s in dict.fromkeys(scope.split()) if s not in consent.NO_CONSENT_SCOPES]
-    if missing and pending.consented_at is None:
+    details = parse_authorization_details(
+        pending.params.get("authorization_details"), client.scopes
+    )
+    ask = None
+    if pending.consented_at is None:
+        ask = consent.what_to_ask(
+            person,
+            company,
+            client,
+            scope=scope,
+            authorization_details=details,
+            purpose=check_purpose_param(pending.params.get("purpose")),
+            force="consent" in prompts,
+        )
+    if ask is not None:
         if "none" in prompts:
             return _fail(ConsentRequiredError, "The person has not consented.", pending)
-        return NeedConsent(handle, client, company, missing, pending.params.get("ui_locales"))
-    return _issue_code(pending, session, person, company, roles, agent)
+        return NeedConsent(
+            handle,
+            client,
+            company,
+            ask.scopes,
+            pending.params.get("ui_locales"),
+            categories=ask.categories,
+            purposes=ask.purposes,
+            expires_at=ask.expires_at,
+        )
+    return _issue_code(pending, session, person, company, roles, agent, details)
 
 
 def choose_company(
@@ -371,6 +416,10 @@ def decide_consent(
         company=outcome.company,
         client=outcome.client,
         scopes=outcome.scopes,
+        authorization_details=parse_authorization_details(
+            pending.params.get("authorization_details"), outcome.client.scopes
+        ),
+        purpose=check_purpose_param(pending.params.get("purpose")),
         origin=origin,
     )
     pending.consented_at = utcnow()
@@ -385,9 +434,15 @@ def _issue_code(
     company: Company,
     roles: list[str],
     agent: Company | None = None,
+    authorization_details: list[dict[str, Any]] | None = None,
 ) -> ClientRedirect:
     server = _server()
     request = StoredOAuth2Request(pending.params, _request_uri())
+    # Read by grants.save_authorization_code: the consent relied on and the details granted.
+    client = db.session.get(Client, pending.client_id)
+    given = consent.live_consent(person, company, client) if client is not None else None
+    request.consent_id = given.id if given is not None else None
+    request.authorization_details = authorization_details
     try:
         grant = server.get_authorization_grant(request)
         redirect_uri = grant.validate_authorization_request()

@@ -13,6 +13,7 @@ from flask import current_app
 
 from idp.keys import jws
 from idp.oauth.claims import parse_claims_request
+from idp.oauth.rar import check_purpose_param, parse_authorization_details
 
 MAX_PARAM_LENGTH = 2048
 KNOWN_PROMPTS = {"none", "login", "consent", "select_account"}
@@ -78,6 +79,24 @@ def check_id_token_hint(params: dict[str, Any], client: Any) -> None:
         raise InvalidRequestError("The 'id_token_hint' was issued to another client.")
 
 
+def check_dpop_jkt(params: dict[str, Any], client: Any) -> None:
+    """RFC 9449 §10: ``dpop_jkt`` is the base64url SHA-256 thumbprint of the client's DPoP key;
+    the code is then redeemable only with a proof by that key (grants.DPoPBinding)."""
+    from idp.oauth.dpop import is_jkt
+
+    if "dpop_jkt" in params and not is_jkt(params["dpop_jkt"]):
+        raise InvalidRequestError("'dpop_jkt' must be a base64url SHA-256 JWK thumbprint.")
+
+
+def check_authorization_details(params: dict[str, Any], client: Any) -> None:
+    # RFC 9396 §2 and §5: corp_data entries only, for categories the client is registered for.
+    parse_authorization_details(params.get("authorization_details"), client.scopes)
+
+
+def check_purpose(params: dict[str, Any], client: Any) -> None:
+    check_purpose_param(params.get("purpose"))
+
+
 CHECKS: tuple[Callable[[dict[str, Any], Any], None], ...] = (
     check_lengths,
     check_request_object,
@@ -86,6 +105,9 @@ CHECKS: tuple[Callable[[dict[str, Any], Any], None], ...] = (
     check_max_age,
     check_claims,
     check_id_token_hint,
+    check_dpop_jkt,
+    check_authorization_details,
+    check_purpose,
 )
 
 

@@ -16,6 +16,7 @@ from authlib.oauth2.rfc6749 import InvalidRequestError
 from flask import current_app
 
 from idp.clients.models import Client, SubjectType
+from idp.data.categories import CATEGORIES
 from idp.keys.services import derive_secret
 from idp.orgs.models import Company, Person
 
@@ -24,11 +25,17 @@ SCOPE_CLAIMS: dict[str, tuple[str, ...]] = {
     "profile": ("name",),
     "email": ("email", "email_verified"),
     "corp": ("corp",),
+    # Company data categories (idp.data): a plain claim each, and verified_claims (IDA 1.0).
+    **{category: (category, "verified_claims") for category in CATEGORIES},
 }
-USER_CLAIMS = frozenset(c for claims in SCOPE_CLAIMS.values() for c in claims)
+# Company data claims are released only for a category in the grant and the live consent
+# (idp.data.services), never picked by the claims parameter alone.
+CATEGORY_CLAIMS = frozenset((*CATEGORIES, "verified_claims"))
+USER_CLAIMS = frozenset(c for claims in SCOPE_CLAIMS.values() for c in claims) - CATEGORY_CLAIMS
 # The scope that governs each user claim: the claims parameter can pick claims, but only
 # within scopes the client is registered for and the person consented to.
 CLAIM_SCOPE = {claim: scope for scope, claims in SCOPE_CLAIMS.items() for claim in claims}
+del CLAIM_SCOPE["verified_claims"]  # several scopes release it
 
 ACR_HARDWARE_KEY = "phrh"
 AMR_HARDWARE_KEY = ("hwk", "mfa")
@@ -54,6 +61,10 @@ class Principal:
     acr: str | None = None
     amr: list[str] = field(default_factory=list)
     claims_request: dict[str, Any] | None = None
+    # RFC 9396: the authorization details granted (access token claim, refresh keeps them).
+    authorization_details: list[dict[str, Any]] | None = None
+    # When the grant ends (capped at its consent's expiry): no access token outlives it.
+    grant_expires_at: int | None = None
 
 
 def subject_for(client: Client, person: Person) -> str:
@@ -132,7 +143,7 @@ def requested_claim_names(
 ) -> set[str]:
     """Names of user claims to release to ``target`` ("userinfo" or "id_token")."""
     scopes = set(scope.split())
-    names = {c for s in scopes for c in SCOPE_CLAIMS.get(s, ())}
+    names = {c for s in scopes for c in SCOPE_CLAIMS.get(s, ()) if c not in CATEGORY_CLAIMS}
     names |= {
         c for c in _claims_param_names(claims_request, (target,)) if CLAIM_SCOPE[c] in client_scopes
     }
@@ -162,7 +173,25 @@ def user_claims(principal: Principal, client: Client, scope: str, target: str) -
             if principal.authorisations:
                 # Present only when the person holds named e-service roles for this client.
                 claims["corp"]["authorisations"] = sorted(principal.authorisations)
+    claims.update(_company_data_claims(principal, client, scope))
     if principal.agent is not None:
         # Always: a relying party must know that someone acts for the company as its agent.
         claims["act"] = actor_claim(client, principal)
     return claims
+
+
+def _company_data_claims(principal: Principal, client: Client, scope: str) -> dict[str, Any]:
+    """Company data categories of the grant (scope or ``corp_data`` details) that the company
+    consented to, as plain claims and ``verified_claims`` (``idp.data.services``)."""
+    from idp.data import services as data
+
+    categories = data.released_categories(
+        person=principal.person,
+        company=principal.company,
+        client=client,
+        scope=scope,
+        authorization_details=principal.authorization_details,
+    )
+    if not categories:
+        return {}
+    return data.category_claims(data.release(principal.company, categories))

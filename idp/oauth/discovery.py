@@ -8,9 +8,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from idp.data.categories import CATEGORIES, RAR_TYPE
+from idp.data.sources import EVIDENCE_TYPE, REGISTER_RECORD_TYPE
 from idp.keys.services import SUPPORTED_ALGS
 
-SCOPES = ("openid", "profile", "email", "corp", "offline_access")
+# corp_consents: a company admin's token for the consents API (idp.consent.views).
+SCOPES = ("openid", "profile", "email", "corp", "offline_access", *CATEGORIES, "corp_consents")
 CLAIMS = (
     "sub",
     "iss",
@@ -28,10 +31,14 @@ CLAIMS = (
     "email_verified",
     "corp",
     "act",
+    *CATEGORIES,
+    "verified_claims",
 )
 CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
 CLIENT_ASSERTION_ALGS = ("RS256", "PS256", "ES256", "EdDSA")
 ACR_VALUES = ("phrh",)
+# DPoP proof algorithms (RFC 9449 §5.1); fapi2 clients may not use RS256 (idp.oauth.dpop).
+DPOP_SIGNING_ALGS = ("ES256", "PS256", "EdDSA", "RS256")
 
 PATHS = {
     "authorization_endpoint": "/authorize",
@@ -41,6 +48,7 @@ PATHS = {
     "introspection_endpoint": "/introspect",
     "revocation_endpoint": "/revoke",
     "end_session_endpoint": "/logout",
+    "pushed_authorization_request_endpoint": "/par",
 }
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 AS_METADATA_PATH = "/.well-known/oauth-authorization-server"
@@ -68,8 +76,13 @@ def provider_metadata(issuer: str) -> dict[str, Any]:
         "code_challenge_methods_supported": ["S256"],
         "claims_supported": list(CLAIMS),
         "claims_parameter_supported": True,
+        # Request objects (RFC 9101) are accepted at the PAR endpoint only, never at
+        # /authorize, which takes a request_uri only from PAR: both flags describe /authorize.
         "request_parameter_supported": False,
         "request_uri_parameter_supported": False,
+        "request_object_signing_alg_values_supported": list(CLIENT_ASSERTION_ALGS),
+        # Basic clients need not push; fapi2 clients must (their registration says so).
+        "require_pushed_authorization_requests": False,
         "acr_values_supported": list(ACR_VALUES),
         "ui_locales_supported": ["en", "zh-Hant-HK"],
         "claim_types_supported": ["normal"],
@@ -77,6 +90,23 @@ def provider_metadata(issuer: str) -> dict[str, Any]:
         "frontchannel_logout_supported": False,
         "backchannel_logout_supported": True,
         "backchannel_logout_session_supported": True,
+        "dpop_signing_alg_values_supported": list(DPOP_SIGNING_ALGS),
+        "authorization_details_types_supported": [RAR_TYPE],
+        **identity_assurance_metadata(),
+    }
+
+
+def identity_assurance_metadata() -> dict[str, Any]:
+    """OpenID Connect for Identity Assurance 1.0 metadata: company data categories are
+    released as verified_claims, evidenced by electronic records of the company register."""
+    from flask import current_app
+
+    return {
+        "verified_claims_supported": True,
+        "trust_frameworks_supported": [str(current_app.config["IDP"]["DATA_TRUST_FRAMEWORK"])],
+        "evidence_supported": [EVIDENCE_TYPE],
+        "electronic_records_supported": [REGISTER_RECORD_TYPE],
+        "claims_in_verified_claims_supported": list(CATEGORIES),
     }
 
 

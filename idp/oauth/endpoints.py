@@ -75,20 +75,30 @@ class Introspection(IntrospectionEndpoint):
     def introspect_token(self, token: PresentedToken) -> dict[str, Any]:
         if token.refresh is not None:
             grant = token.refresh.grant
-            return {
+            answer: dict[str, Any] = {
                 "active": True,
                 "token_type": "refresh_token",
                 "client_id": token.client_id,
                 "scope": grant.scope,
                 "exp": int(grant.expires_at.timestamp()),
                 "iss": current_app.config["IDP"]["ISSUER"],
+                **(
+                    {"authorization_details": grant.authorization_details}
+                    if grant.authorization_details
+                    else {}
+                ),
             }
+            if grant.cnf_jkt:
+                answer["cnf"] = {"jkt": grant.cnf_jkt}
+            return answer
         return access_token_introspection(token.access_claims or {})
 
 
 def access_token_introspection(claims: dict[str, Any]) -> dict[str, Any]:
-    """The RFC 7662 answer for a live access token with these claims."""
-    payload: dict[str, Any] = {"active": True, "token_type": "Bearer"}
+    """The RFC 7662 answer for a live access token with these claims (a DPoP-bound one says
+    so, with its ``cnf``: RFC 9449 §6.2)."""
+    bound = isinstance(claims.get("cnf"), dict)
+    payload: dict[str, Any] = {"active": True, "token_type": "DPoP" if bound else "Bearer"}
     for name in INTROSPECTED_CLAIMS:
         if name in claims:
             payload[name] = claims[name]
@@ -112,6 +122,8 @@ INTROSPECTED_CLAIMS = (
     "amr",
     "sid",
     "act",
+    "cnf",
+    "authorization_details",
 )
 
 
@@ -159,7 +171,13 @@ def userinfo_claims(access_token: str) -> dict[str, Any] | None:
     """Claims for the userinfo endpoint, or None when the token is not an active user token
     with the ``openid`` scope."""
     claims = tokens.check_access_token(access_token)
-    if claims is None or not claims.get("gid"):
+    return None if claims is None else userinfo_for(claims)
+
+
+def userinfo_for(claims: dict[str, Any]) -> dict[str, Any] | None:
+    """Userinfo claims for an active access token's ``claims`` (idp.oauth.resource), or None
+    when it is not a user token with the ``openid`` scope."""
+    if not claims.get("gid"):
         return None
     if "openid" not in str(claims.get("scope", "")).split():
         return None

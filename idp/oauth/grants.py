@@ -4,7 +4,9 @@ private_key_jwt client authentication and the token generator."""
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 import time
+import warnings
 from typing import Any
 
 from authlib.oauth2.rfc6749 import (
@@ -17,22 +19,25 @@ from authlib.oauth2.rfc6749 import (
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core import OpenIDCode
-from flask import current_app
+from flask import current_app, g
 from joserfc.jwk import KeySet
 from sqlalchemy import select, update
 
 from idp import cache
 from idp.authn.models import LoginSession
-from idp.clients.models import Client
+from idp.clients.models import Client, ClientProfile
+from idp.data.categories import CATEGORIES
 from idp.db import utcnow
 from idp.extensions import db
 from idp.keys import jws
-from idp.oauth import tokens
+from idp.oauth import dpop, tokens
 from idp.oauth.claims import Principal, user_claims
 from idp.oauth.discovery import CLIENT_ASSERTION_ALGS
 from idp.oauth.models import AuthorizationCode
 from idp.security import AUTHORIZATION_CODE_PREFIX, digest, new_secret
 
+# FAPI 2.0 Security Profile §5.4.1: the client assertion algorithms for fapi2 clients.
+FAPI2_ASSERTION_ALGS = ("ES256", "PS256")
 ALL_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
 
 
@@ -51,23 +56,93 @@ def generate_token(
     expires_in: int | None = None,
     include_refresh_token: bool = True,
 ) -> dict[str, Any]:
-    access_token, ttl = tokens.issue_access_token(client=client, scope=scope or "", principal=user)
+    # Set by DPoPBinding for this request's checked proof (RFC 9449 §5); never on the hot path.
+    jkt: str | None = g.get("idp_dpop_jkt")
+    access_token, ttl = tokens.issue_access_token(
+        client=client, scope=scope or "", principal=user, jkt=jkt
+    )
     token: dict[str, Any] = {
         "access_token": access_token,
-        "token_type": "Bearer",
+        "token_type": "DPoP" if jkt else "Bearer",
         "expires_in": ttl,
     }
     if scope:
         token["scope"] = scope
-    if include_refresh_token and user is not None and user.grant_id is not None:
+    if user is not None and user.grant_id is not None:
         grant = db.session.get(tokens.Grant, user.grant_id)
-        if grant is not None:
+        if grant is not None and jkt and grant_type == "authorization_code":
+            grant.cnf_jkt = jkt  # the family's refresh tokens are bound to the key too
+        if grant is not None and include_refresh_token:
             token["refresh_token"] = tokens.new_refresh_token(grant)
+    if user is not None and user.authorization_details:
+        token["authorization_details"] = user.authorization_details  # RFC 9396 §7
+    if user is not None and user.grant_id is not None:
+        receipt = _consent_receipt(user.grant_id)
+        if receipt:
+            token["consent_receipt"] = receipt
     if user is not None:
         # Tokens for a person are audited (their grant is written anyway). Client-credentials
         # tokens are stateless by design and are not written one by one (see idp.oauth.tokens).
-        tokens.audit_issue(client=client, principal=user, grant_type=grant_type, scope=scope)
+        tokens.audit_issue(
+            client=client, principal=user, grant_type=grant_type, scope=scope, jkt=jkt
+        )
     return token
+
+
+# --- DPoP (RFC 9449) --------------------------------------------------------------------------
+
+
+class DPoPBinding:
+    """Grant extension: apply the token request's DPoP proof (checked, its ``jti`` spent,
+    before the grant is looked at: ``AuthorizationServer.create_token_response``) once the
+    grant is validated (client authenticated, code or refresh token found), before tokens
+    are made.
+
+    fapi2 clients must send one (ES256, PS256 or EdDSA, with a server nonce when
+    IDP_DPOP_REQUIRE_NONCE_FAPI2); a code issued for a ``dpop_jkt`` and a bound refresh token
+    need a proof by that key. The thumbprint is left in ``g.idp_dpop_jkt`` for
+    ``generate_token``."""
+
+    def __call__(self, grant: Any) -> None:
+        grant.register_hook("before_create_token_response", self.check)
+
+    def check(self, grant: Any) -> None:
+        client: Client = grant.request.client
+        proof: dpop.Proof | None = g.get("idp_dpop_proof")
+        if client.profile is ClientProfile.FAPI2:
+            if proof is None:
+                raise dpop.invalid("FAPI 2.0 clients must send a DPoP proof to the token endpoint.")
+            dpop.require(
+                proof,
+                algs=dpop.FAPI2_DPOP_ALGS,
+                nonce=bool(_cfg("DPOP_REQUIRE_NONCE_FAPI2")),
+            )
+        jkt = proof.jkt if proof else None
+        bound = _bound_jkt(grant.request)
+        if bound is not None and jkt is None:
+            raise dpop.invalid("This grant is bound to a DPoP key: send a DPoP proof by it.")
+        if bound is not None and not hmac.compare_digest(bound, jkt or ""):
+            raise InvalidGrantError("The DPoP proof key is not the key this grant is bound to.")
+        g.idp_dpop_jkt = jkt
+
+
+def _bound_jkt(request: OAuth2Request) -> str | None:
+    """The key the code (``dpop_jkt``) or refresh token family (``cnf_jkt``) is bound to."""
+    code = getattr(request, "authorization_code", None)
+    if isinstance(code, AuthorizationCode):
+        return code.dpop_jkt
+    refresh = getattr(request, "refresh_token", None)
+    if isinstance(refresh, tokens.RefreshTokenRecord):
+        return refresh.grant.cnf_jkt
+    return None
+
+
+def _consent_receipt(grant_id: int) -> str | None:
+    """The latest signed receipt of the consent a grant was issued under."""
+    from idp.consent.receipts import latest_receipt
+
+    grant = db.session.get(tokens.Grant, grant_id)
+    return latest_receipt(grant.consent_id) if grant is not None else None
 
 
 # --- PKCE -------------------------------------------------------------------------------------
@@ -144,6 +219,10 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
                 acr=principal.acr,
                 amr=list(principal.amr),
                 claims_request=principal.claims_request,
+                dpop_jkt=data.get("dpop_jkt"),
+                # Set by idp.oauth.authorize: the consent relied on and the details granted.
+                consent_id=getattr(request, "consent_id", None),
+                authorization_details=getattr(request, "authorization_details", None),
                 expires_at=utcnow() + dt.timedelta(seconds=int(_cfg("CODE_TTL"))),
             )
         )
@@ -201,6 +280,15 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             if session is None or session.ended_at is not None:
                 return None
             security_key_id = session.security_key_id
+        consent_expires_at = None
+        if authorization_code.consent_id is not None:
+            from idp.consent.models import Consent
+            from idp.consent.services import LIVE, status
+
+            consent = db.session.get(Consent, authorization_code.consent_id)
+            if consent is None or status(consent) != LIVE:
+                return None  # revoked or expired since the code was issued: nothing released
+            consent_expires_at = consent.expires_at
         grant = tokens.create_grant(
             client=self.request.client,
             person=person,
@@ -213,6 +301,9 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             amr=list(authorization_code.amr),
             claims_request=authorization_code.claims_request,
             agent_company_id=authorization_code.agent_company_id,
+            authorization_details=authorization_code.authorization_details,
+            consent_id=authorization_code.consent_id,
+            consent_expires_at=consent_expires_at,
         )
         principal = tokens.principal_for_grant(grant)
         if principal is None:
@@ -320,8 +411,9 @@ class ClientCredentialsGrant(grants.ClientCredentialsGrant):
 
 def client_credentials_scope_allowed(client: Client, scope: str | None) -> bool:
     """Whether ``client`` may ask for ``scope`` without a person: only its registered scopes,
-    never ``openid`` or ``offline_access`` (they need a person)."""
-    allowed = set(client.scopes) - {"openid", "offline_access"}
+    never ``openid``, ``offline_access`` or a company data category (they need a person, and
+    company data the company's consent)."""
+    allowed = set(client.scopes) - {"openid", "offline_access", *CATEGORIES}
     return all(s in allowed for s in (scope or "").split())
 
 
@@ -345,7 +437,24 @@ class PrivateKeyJWT(JWTBearerClientAssertion):
 
             raise InvalidClientError(description="The client assertion is too large.")
         client: Client | None = super().__call__(query_client, request)
+        if client is not None and client.profile is ClientProfile.FAPI2:
+            self.check_fapi2_assertion(assertion)
         return client
+
+    def check_fapi2_assertion(self, assertion: str) -> None:
+        """FAPI 2.0 Security Profile §5.3.2.1 and §5.4.1: ES256 or PS256 only, and ``aud``
+        exactly the issuer (endpoint URLs are accepted for basic clients only)."""
+        from authlib.oauth2.rfc6749 import InvalidClientError
+
+        headers, claims = self.extract_assertion(assertion)
+        if headers.get("alg") not in FAPI2_ASSERTION_ALGS:
+            raise InvalidClientError(
+                description="FAPI 2.0 clients must sign assertions with ES256 or PS256."
+            )
+        if claims.get("aud") != _cfg("ISSUER"):
+            raise InvalidClientError(
+                description="FAPI 2.0 clients must use the issuer as the assertion's aud."
+            )
 
     def extract_assertion(self, assertion: str) -> tuple[dict[str, Any], dict[str, Any]]:
         from authlib.oauth2.rfc6749 import InvalidClientError
@@ -365,10 +474,13 @@ class PrivateKeyJWT(JWTBearerClientAssertion):
         "recommended" set, which lacks PS256 and EdDSA)."""
         from authlib.oauth2.rfc6749 import InvalidClientError
         from joserfc import jwt
-        from joserfc.errors import JoseError
+        from joserfc.errors import JoseError, SecurityWarning
 
         try:
-            token = jwt.decode(assertion, resolve_key, algorithms=list(CLIENT_ASSERTION_ALGS))
+            with warnings.catch_warnings():
+                # joserfc flags the "EdDSA" name as superseded by RFC 9864; OIDC still uses it.
+                warnings.filterwarnings("ignore", category=SecurityWarning, message="EdDSA")
+                token = jwt.decode(assertion, resolve_key, algorithms=list(CLIENT_ASSERTION_ALGS))
         except (JoseError, ValueError) as exc:
             raise InvalidClientError(description="The client assertion is not valid.") from exc
         self.verify_claims(token.claims)
@@ -376,7 +488,8 @@ class PrivateKeyJWT(JWTBearerClientAssertion):
 
     def get_audiences(self) -> list[str]:
         issuer = _cfg("ISSUER")
-        return [issuer, issuer + "/token"]
+        # RFC 9126 §2: the PAR endpoint URL identifies us too.
+        return [issuer, issuer + "/token", issuer + "/par"]
 
     def verify_claims(self, claims: Any) -> None:
         from authlib.oauth2.rfc6749 import InvalidClientError

@@ -6,8 +6,8 @@ served here, with the same checks the full path makes, each one a call to the sa
 (client lookup and secret check on the ``Client``, scope rule, token signing, liveness,
 introspection payload): only Flask's request machinery and Authlib's dispatch are skipped.
 
-Anything that is not exactly that shape — another grant or parameter, another client
-authentication method, a repeated parameter, a failed check, a rate limit reached, a token
+Anything that is not exactly that shape — another grant or parameter, a DPoP proof, another
+client authentication method, a repeated parameter, a failed check, a rate limit reached, a token
 that is not active — is handed unchanged to the full Flask + Authlib path, which answers it
 (errors, ``WWW-Authenticate``, audit events) as it always did. So this module never answers
 an error, and never decides one.
@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl
 from flask import Flask, current_app
 
 from idp import cache
-from idp.clients.models import Client
+from idp.clients.models import Client, ClientProfile
 from idp.errors import RateLimitedError
 from idp.oauth import tokens
 from idp.oauth.endpoints import access_token_introspection
@@ -70,6 +70,7 @@ class HotPath:
             handler is None
             or environ.get("REQUEST_METHOD") != "POST"
             or environ.get("QUERY_STRING")
+            or "HTTP_DPOP" in environ  # proofs are checked (and tokens bound) on the full path
         ):
             return self.wsgi_app(environ, start_response)
         form = read_form(environ)
@@ -165,6 +166,7 @@ def client_credentials_token(environ: dict[str, Any], form: Form) -> dict[str, A
     scope = form.get("scope")
     if (
         client is None
+        or client.profile is ClientProfile.FAPI2  # must be sender-constrained: the full path
         or not client.check_grant_type("client_credentials")
         or not client_credentials_scope_allowed(client, scope)
     ):
@@ -186,10 +188,8 @@ def access_token_introspection_answer(environ: dict[str, Any], form: Form) -> di
     client = authenticated_client(environ, form, endpoint="introspection")
     if client is None:
         return None
-    claims = tokens.decode_access_token(token)
+    claims = tokens.check_access_token(token)
     if claims is None or claims.get("client_id") != client.client_id:
-        return None
-    if not tokens.is_access_token_live(claims):
         return None
     _count(environ, client)
     return access_token_introspection(claims)

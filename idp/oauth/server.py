@@ -12,12 +12,12 @@ from authlib.integrations.flask_oauth2 import AuthorizationServer as FlaskAuthor
 from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Payload
 from authlib.oauth2.rfc6749 import InvalidClientError, InvalidRequestError, OAuth2Request
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
-from flask import Response, current_app
+from flask import Response, current_app, g
 from flask import request as flask_request
 from sqlalchemy import event, select
 
 from idp import cache
-from idp.clients.models import Client
+from idp.clients.models import Client, ClientProfile
 from idp.extensions import db
 
 NO_STORE = [("Cache-Control", "no-store"), ("Pragma", "no-cache")]
@@ -104,6 +104,17 @@ class AuthorizationServer(FlaskAuthorizationServer):
         # generator with their grant (idp.oauth.tokens).
         return None
 
+    def create_token_response(self, request: Any = None) -> Response:
+        """Check the DPoP proof (RFC 9449 §5) first, spending its ``jti`` before anything of
+        the grant is claimed; grants.DPoPBinding applies it once the client is known."""
+        from idp.oauth import dpop
+
+        try:
+            g.idp_dpop_proof = dpop.request_proof(flask_request, dpop.endpoint_url(flask_request))
+        except dpop.DPoPError as error:
+            return self.handle_error_response(None, error)
+        return super().create_token_response(request)
+
     def create_oauth2_request(self, request: Any) -> OAuth2Request:
         if isinstance(request, OAuth2Request):
             return request
@@ -136,6 +147,12 @@ class AuthorizationServer(FlaskAuthorizationServer):
             client: Client = super().authenticate_client(request, methods, endpoint)
             if not client.is_active:
                 raise InvalidClientError(description="The client is disabled.")
+            if client.profile is ClientProfile.FAPI2 and presented != {"private_key_jwt"}:
+                # FAPI 2.0 Security Profile §5.3.1.2, at every endpoint, whatever was registered.
+                raise InvalidClientError(
+                    status_code=401 if "client_secret_basic" in presented else 400,
+                    description="FAPI 2.0 clients must authenticate with private_key_jwt.",
+                )
         except InvalidClientError as error:
             _audit_client_auth_failure(request, presented, endpoint, error)
             raise

@@ -50,11 +50,15 @@ def _cfg(name: str) -> Any:
 
 
 def issue_access_token(
-    *, client: Client, scope: str, principal: Principal | None
+    *, client: Client, scope: str, principal: Principal | None, jkt: str | None = None
 ) -> tuple[str, int]:
-    """Sign an RFC 9068 access token. Returns ``(token, expires_in)``."""
+    """Sign an RFC 9068 access token, bound to the DPoP key with thumbprint ``jkt`` when
+    given (``cnf``, RFC 9449 §6.1). Returns ``(token, expires_in)``."""
     now = int(time.time())
     ttl = int(_cfg("ACCESS_TOKEN_TTL"))
+    if principal is not None and principal.grant_expires_at is not None:
+        # Never beyond the grant (and so the consent) it was issued under.
+        ttl = max(0, min(ttl, principal.grant_expires_at - now))
     claims: dict[str, Any] = {
         "iss": _cfg("ISSUER"),
         "exp": now + ttl,
@@ -64,6 +68,8 @@ def issue_access_token(
         "client_id": client.client_id,
         "scope": scope,
     }
+    if jkt:
+        claims["cnf"] = {"jkt": jkt}
     if principal is None:
         claims["sub"] = client.client_id
     else:
@@ -77,6 +83,8 @@ def issue_access_token(
             claims["amr"] = principal.amr
         if principal.sid:
             claims["sid"] = principal.sid
+        if principal.authorization_details:
+            claims["authorization_details"] = principal.authorization_details
         if principal.agent is not None:
             # Also what tells the liveness check to apply the third-party rules.
             claims["act"] = actor_claim(client, principal)
@@ -97,9 +105,18 @@ def create_grant(
     amr: list[str],
     claims_request: dict[str, Any] | None,
     agent_company_id: int | None = None,
+    authorization_details: list[dict[str, Any]] | None = None,
+    consent_id: int | None = None,
+    consent_expires_at: dt.datetime | None = None,
 ) -> Grant:
     """Start a token family for one authorization (flushed, not committed); with
-    ``agent_company_id`` the person acts for ``company`` as a member of that agent company."""
+    ``agent_company_id`` the person acts for ``company`` as a member of that agent company.
+    Under a consent (``consent_id``) the family ends when the consent expires, at the latest."""
+    expires_at = utcnow() + dt.timedelta(seconds=int(_cfg("REFRESH_TOKEN_TTL")))
+    if consent_expires_at is not None:
+        if consent_expires_at.tzinfo is None:
+            consent_expires_at = consent_expires_at.replace(tzinfo=dt.UTC)
+        expires_at = min(expires_at, consent_expires_at)
     grant = Grant(
         gid=new_public_id(),
         client_id=client.id,
@@ -113,7 +130,9 @@ def create_grant(
         auth_time=auth_time,
         acr=acr,
         amr=list(amr),
-        expires_at=utcnow() + dt.timedelta(seconds=int(_cfg("REFRESH_TOKEN_TTL"))),
+        authorization_details=authorization_details,
+        consent_id=consent_id,
+        expires_at=expires_at,
     )
     db.session.add(grant)
     db.session.flush()
@@ -185,19 +204,36 @@ def principal_for_grant(grant: Grant) -> Principal | None:
         acr=grant.acr,
         amr=list(grant.amr),
         claims_request=grant.claims_request,
+        authorization_details=grant.authorization_details,
+        grant_expires_at=_timestamp(grant.expires_at),
     )
 
 
+def _timestamp(value: dt.datetime) -> int:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return int(value.timestamp())
+
+
 def audit_issue(
-    *, client: Client, principal: Principal, grant_type: str, scope: str | None
+    *,
+    client: Client,
+    principal: Principal,
+    grant_type: str,
+    scope: str | None,
+    jkt: str | None = None,
 ) -> None:
-    """Record tokens issued to ``client`` for a person (in the caller's transaction)."""
+    """Record tokens issued to ``client`` for a person (in the caller's transaction), with
+    the DPoP key thumbprint they are bound to, if any."""
+    details: dict[str, Any] = {"grant_type": grant_type, "gid": principal.gid, "scope": scope or ""}
+    if jkt:
+        details["dpop_jkt"] = jkt
     record(
         "oauth:token:issue",
         actor=f"client:{client.client_id}",
         subject=f"person:{principal.person.subject}",
         company_id=principal.company.id,
-        details={"grant_type": grant_type, "gid": principal.gid, "scope": scope or ""},
+        details=details,
     )
 
 
@@ -279,6 +315,7 @@ def revoke_grants(
     session_id: int | None = None,
     security_key_id: int | None = None,
     agent_company_id: int | None = None,
+    consent_id: int | None = None,
 ) -> int:
     """Revoke every live grant matching all the given filters (the caller commits).
 
@@ -291,6 +328,7 @@ def revoke_grants(
         (Grant.client_id, client_id),
         (Grant.session_id, session_id),
         (Grant.security_key_id, security_key_id),
+        (Grant.consent_id, consent_id),
     ):
         if value is not None:
             filters.append(column == value)
@@ -432,10 +470,20 @@ def _agent_token_live(jti: str, gid: object) -> bool:
 
 
 def check_access_token(token: str) -> dict[str, Any] | None:
-    """Claims of an active access token (signature, expiry, revocation), else None."""
+    """Claims of an active access token (signature, expiry, revocation), else None.
+
+    A token this worker found active moments ago is answered from memory while no revocation
+    has happened since (``idp.oauth.active_cache``)."""
+    from idp.oauth import active_cache
+
+    epoch = active_cache.current_epoch()  # read before the database is asked
+    claims = active_cache.recall(token, epoch)
+    if claims is not None:
+        return claims
     claims = decode_access_token(token)
     if claims is None or not is_access_token_live(claims):
         return None
+    active_cache.remember(token, epoch, claims)
     return claims
 
 
@@ -445,7 +493,7 @@ def check_access_token(token: str) -> dict[str, Any] | None:
 def purge_expired() -> dict[str, int]:
     """Delete protocol state nobody can use any more (run periodically: ``idp purge``).
 
-    Expired codes and pending authorizations, revoked-jti entries past their token's expiry,
+    Expired codes, pending and pushed authorizations, revoked-jti entries past their token's expiry,
     refresh tokens of expired grants, expired WebAuthn challenges, back-channel logout records
     delivered or given up more than a day ago (the audit trail keeps each outcome). Grants
     themselves are kept (audit trail of what was issued) until a retention job decides
@@ -454,7 +502,12 @@ def purge_expired() -> dict[str, int]:
     from sqlalchemy import delete
 
     from idp.authn.ceremonies import purge_expired_challenges
-    from idp.oauth.models import AuthorizationCode, BackchannelDelivery, PendingAuthorization
+    from idp.oauth.models import (
+        AuthorizationCode,
+        BackchannelDelivery,
+        PendingAuthorization,
+        PushedAuthorization,
+    )
 
     now = utcnow()
     expired_grants = select(Grant.id).where(Grant.expires_at <= now)
@@ -467,6 +520,9 @@ def purge_expired() -> dict[str, int]:
         ),
         "pending_authorizations": delete(PendingAuthorization).where(
             PendingAuthorization.expires_at <= now
+        ),
+        "pushed_authorizations": delete(PushedAuthorization).where(
+            PushedAuthorization.expires_at <= now
         ),
         "revoked_access_tokens": delete(RevokedAccessToken).where(
             RevokedAccessToken.expires_at <= now

@@ -22,8 +22,8 @@ from idp.audit.services import Origin
 from idp.authn.views import current_login_session, session_cookie_name
 from idp.errors import api_view, json_error, page_error
 from idp.oauth import authorize as flow
-from idp.oauth import logout
-from idp.oauth.endpoints import userinfo_claims
+from idp.oauth import logout, resource
+from idp.oauth.endpoints import userinfo_for
 from idp.web import csrf, use_ui_locales
 
 bp = Blueprint("oauth", __name__)
@@ -226,6 +226,32 @@ def revoke() -> Response:
     return _check_form_post() or _finish(authorization.create_endpoint_response("revocation"))
 
 
+@bp.post("/par")
+@csrf.exempt
+@api_view
+def pushed_authorization() -> Response:
+    """RFC 9126 §2: push an authorization request; 201 with its single-use request_uri."""
+    from idp.extensions import db
+    from idp.oauth import authorization, par
+
+    refused = _check_form_post()
+    if refused is not None:
+        return refused
+    try:
+        # DPoP at PAR (RFC 9449 §10.1): the verified proof's thumbprint goes in proof_jkt.
+        pushed = par.push(
+            authorization.create_oauth2_request(None), proof_jkt=None, origin=_origin()
+        )
+    except par.PushError as exc:
+        db.session.rollback()
+        return json_error(exc.status, exc.error, exc.description, exc.headers)
+    body = json.dumps({"request_uri": pushed.request_uri, "expires_in": pushed.expires_in})
+    response = Response(body, status=201, mimetype="application/json")
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
+    return response
+
+
 # --- userinfo ---------------------------------------------------------------------------------
 
 
@@ -233,22 +259,15 @@ def revoke() -> Response:
 @csrf.exempt
 @api_view
 def userinfo() -> Response:
-    auth = request.headers.get("Authorization", "")
-    scheme, _, token = auth.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return json_error(
-            401,
-            "invalid_request",
-            "Send the access token as a Bearer header.",
-            {"WWW-Authenticate": 'Bearer realm="corp-id"'},
-        )
-    claims = userinfo_claims(token.strip())
+    try:
+        token_claims = resource.protected_claims(request)
+    except resource.ResourceError as exc:
+        return resource.error_response(exc)
+    claims = userinfo_for(token_claims)
     if claims is None:
-        return json_error(
-            401,
-            "invalid_token",
-            "The access token is not active.",
-            {"WWW-Authenticate": 'Bearer realm="corp-id", error="invalid_token"'},
+        scheme = "DPoP" if "cnf" in token_claims else "Bearer"
+        return resource.error_response(
+            resource.refuse(scheme, 401, "invalid_token", "The access token is not active.")
         )
     response = Response(json.dumps(claims), mimetype="application/json")
     response.headers["Cache-Control"] = "no-store"

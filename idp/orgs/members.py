@@ -144,9 +144,18 @@ def _end_member_access(membership: Membership, *, reason: str, actor: str) -> di
         # In this transaction (consent.services.revoke_consent commits one at a time); their
         # grants were revoked just above.
         db.session.execute(
-            update(Consent).where(Consent.id.in_(consent_ids)).values(revoked_at=utcnow())
+            update(Consent)
+            .where(Consent.id.in_(consent_ids))
+            .values(revoked_at=utcnow(), revoked_by=actor[:200])
         )
+        from idp.consent import receipts
+
         for consent_id in consent_ids:
+            # Every revocation gets its signed receipt, as idp.consent.services does.
+            consent = db.session.get(Consent, consent_id)
+            if consent is not None:
+                db.session.refresh(consent)
+                receipts.issue(consent, event=receipts.REVOKED)
             record(
                 "consent:consent:revoke",
                 actor=actor,

@@ -16,8 +16,10 @@ from idp.admin import pages
 from idp.admin.pages import guarded, page, signed_in
 from idp.admin.services import require_fresh_assertion
 from idp.authn import keys_admin
+from idp.consent import receipts
 from idp.consent import services as consent
 from idp.delegation import services as delegation
+from idp.errors import NotFoundError
 from idp.orgs import members
 from idp.orgs.models import Company, Person, Role
 
@@ -227,7 +229,41 @@ def third_party_revoke(br: str, raw_id: str) -> Response:
 @guarded
 def consents(br: str) -> Response:
     _, company = _admin(br)
-    return page("orgs/consents.html", company=company, consents=scope.consents(company))
+    return page(
+        "orgs/consents.html", company=company, consents=consent.list_company_consents(company)
+    )
+
+
+@bp.get("/consents/<raw_id>/receipts")
+@guarded
+def consent_receipts(br: str, raw_id: str) -> Response:
+    _, company = _admin(br)
+    row = consent.company_consent_by_id(company, scope.parse_id(raw_id))
+    return page(
+        "orgs/consent_receipts.html",
+        company=company,
+        consent=row,
+        receipts=receipts.consent_receipts(row),
+    )
+
+
+@bp.get("/consents/<raw_id>/receipts/<receipt_id>.jwt")
+@guarded
+def consent_receipt_download(br: str, raw_id: str, receipt_id: str) -> Response:
+    _, company = _admin(br)
+    row = receipts.get_receipt(
+        consent.company_consent_by_id(company, scope.parse_id(raw_id)), scope.parse_id(receipt_id)
+    )
+    if row is None:
+        raise NotFoundError("no such receipt")
+    return Response(
+        row.receipt,
+        mimetype="application/jwt",
+        headers={
+            "Content-Disposition": f'attachment; filename="consent-receipt-{row.jti}.jwt"',
+            "Cache-Control": "no-store",
+        },
+    )
 
 
 @bp.post("/consents/<raw_id>/revoke")

@@ -1,0 +1,172 @@
+"""A worker's memory of access tokens it found active, made safe by a shared revocation epoch.
+
+Resource servers introspect the same access token on every call they serve. Checking it costs
+a signature verification and a database round trip (``tokens.is_access_token_live``); this
+module lets a worker answer a token it checked a moment ago with one Redis ``GET`` instead,
+without ever answering "active" for a token revoked before the question was asked:
+
+- Every database transaction that can end a token — writes to the revoked-``jti`` list, to
+  grants, or to the status of a person, company, membership or third-party authorisation
+  (the tables the liveness query reads) — increments a counter in Redis, the *revocation
+  epoch*, right after it commits (SQLAlchemy ``after_commit``, so inside the revoking request:
+  once a revocation has been answered, every worker sees the new epoch).
+- A worker remembers a token as active together with the epoch it read *before* it queried
+  the database, for at most ``IDP_ACTIVE_TOKEN_CACHE_TTL`` seconds and never past the token's
+  ``exp``. It reuses the answer only while the epoch is unchanged. A revocation committed
+  after its database read moves the epoch, so the answer is dropped.
+- Only "active" answers are kept; a missing epoch key (Redis restarted or flushed) is created
+  with a random value, so it never matches an old one; any Redis error means no caching.
+
+Without Redis (the embedded SQLite set-up) nothing is cached: one process, and the database
+check is cheap there. The database stays the only source of truth.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from typing import Any
+
+from flask import current_app, has_app_context
+from sqlalchemy import event
+from sqlalchemy.orm import Session, UOWTransaction
+
+log = logging.getLogger(__name__)
+
+# Tables whose changes can make an active token inactive (what the liveness queries read).
+WATCHED_TABLES = frozenset(
+    {
+        "revoked_access_tokens",
+        "grants",
+        "people",
+        "companies",
+        "memberships",
+        "third_party_authorisations",
+    }
+)
+# Inserts into these tables never end a token (a new grant, person, membership...).
+INSERT_ONLY_HARMLESS = WATCHED_TABLES - {"revoked_access_tokens"}
+MAX_ENTRIES = 100_000
+_FLAG = "idp.revocation_pending"
+
+# token -> (epoch, remember-until (monotonic), claims)
+_entries: dict[str, tuple[bytes, float, dict[str, Any]]] = {}
+
+
+def _redis() -> Any:
+    return current_app.extensions.get("idp.redis") if has_app_context() else None
+
+
+def _epoch_key() -> str:
+    from idp.cache import _key
+
+    return _key("revocation-epoch", "epoch")
+
+
+def _ttl() -> float:
+    return float(current_app.config["IDP"]["ACTIVE_TOKEN_CACHE_TTL"])
+
+
+def current_epoch() -> bytes | None:
+    """The shared revocation epoch, or None when tokens must not be answered from memory."""
+    client = _redis()
+    if client is None or _ttl() <= 0:
+        return None
+    key = _epoch_key()
+    try:
+        value = client.get(key)
+        if value is None:
+            client.set(key, str(secrets.randbits(62)).encode(), nx=True)
+            value = client.get(key)
+    except Exception:
+        log.warning("revocation epoch unavailable; active-token cache bypassed")
+        return None
+    return bytes(value) if value is not None else None
+
+
+def bump() -> None:
+    """Move the epoch: every worker forgets the tokens it remembered as active."""
+    client = _redis()
+    if client is None:
+        return
+    try:
+        client.incr(_epoch_key())
+    except Exception:
+        # Redis is down: workers cannot read the epoch either, so none answers from memory
+        # (current_epoch returns None); entries are also bounded by the cache TTL.
+        log.exception("could not move the revocation epoch")
+
+
+def recall(token: str, epoch: bytes | None) -> dict[str, Any] | None:
+    """The claims of ``token`` if this worker found it active under ``epoch``, else None."""
+    if epoch is None:
+        return None
+    hit = _entries.get(token)
+    if hit is None:
+        return None
+    if hit[0] != epoch or hit[1] <= time.monotonic() or hit[2].get("exp", 0) <= time.time():
+        _entries.pop(token, None)
+        return None
+    return hit[2]
+
+
+def remember(token: str, epoch: bytes | None, claims: dict[str, Any]) -> None:
+    """Remember ``token`` as active under ``epoch`` (read before it was checked)."""
+    if epoch is None:
+        return
+    if len(_entries) >= MAX_ENTRIES:
+        _entries.clear()
+    _entries[token] = (epoch, time.monotonic() + _ttl(), claims)
+
+
+def forget_all() -> None:
+    _entries.clear()
+
+
+# --- noticing revocations -------------------------------------------------------------------
+
+
+def _touches(table: str, is_insert: bool) -> bool:
+    if table not in WATCHED_TABLES:
+        return False
+    return not (is_insert and table in INSERT_ONLY_HARMLESS)
+
+
+@event.listens_for(Session, "after_flush")
+def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
+    if session.info.get(_FLAG):
+        return
+    for objects, is_insert in (
+        (session.new, True),
+        (session.dirty, False),
+        (session.deleted, False),
+    ):
+        for obj in objects:
+            table = getattr(obj, "__tablename__", None)
+            if table and _touches(table, is_insert):
+                session.info[_FLAG] = True
+                return
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _on_execute(state: Any) -> None:
+    if not (state.is_update or state.is_delete or state.is_insert):
+        return
+    table = getattr(getattr(state.statement, "table", None), "name", None)
+    if table and _touches(table, bool(state.is_insert)):
+        state.session.info[_FLAG] = True
+
+
+@event.listens_for(Session, "after_commit")
+def _after_commit(session: Session) -> None:
+    if session.info.pop(_FLAG, False):
+        bump()
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _after_transaction_end(session: Session, transaction: Any) -> None:
+    # The outermost transaction ended without a commit (after_commit has popped the flag
+    # otherwise): nothing was written. A savepoint's end keeps the flag.
+    if transaction.parent is None:
+        session.info.pop(_FLAG, None)
