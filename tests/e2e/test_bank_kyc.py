@@ -165,3 +165,44 @@ def test_a_forged_callback_is_refused(live: Live, new_tab: Callable[..., Tab]) -
     expect(
         page.get_by_role("heading", name="This verification was not started here")
     ).to_be_visible()
+
+
+@pytest.mark.usefixtures("fapi_provider")
+def test_a_revoked_consent_is_asked_for_again(live: Live, new_tab: Callable[..., Tab]) -> None:
+    tab = new_tab()
+    signed_in_admin(live, tab)
+    page = tab.page
+    start(tab, live, leave_out=("Registered office address", "Directors and company secretary"))
+    page.get_by_role("button", name="Allow").click()
+    page.wait_for_url(bank_url(live))
+    expect(page.locator("#data-corp_profile")).to_be_visible()
+
+    # The company's admin withdraws the consent on Corp ID.
+    page.goto(live.url("/company/12345678/consents"))
+    row = page.get_by_role("row").filter(has_text=DEMO_BANK_CLIENT_NAME)
+    expect(row).to_contain_text("Live")
+    row.get_by_role("button", name="Revoke").click()
+    expect(page.get_by_role("row").filter(has_text=DEMO_BANK_CLIENT_NAME)).to_contain_text(
+        "Revoked"
+    )
+
+    # The bank asks again: Corp ID shows the consent page once more.
+    page.goto(bank_url(live))
+    page.get_by_role("button", name="Start again").click()
+    start(tab, live, leave_out=("Registered office address", "Directors and company secretary"))
+    expect(page.get_by_role("button", name="Allow")).to_be_visible()
+
+
+@pytest.mark.usefixtures("fapi_provider")
+def test_the_journey_in_traditional_chinese(live: Live, new_tab: Callable[..., Tab]) -> None:
+    tab = new_tab(locale="zh-HK")
+    signed_in_admin(live, tab)
+    page = tab.page
+    page.goto(bank_url(live))
+    page.get_by_role("button", name="以 Corp ID 核實").click()
+    expect(page.locator("html")).to_have_attribute("lang", "zh-Hant-HK")
+    expect(page.locator("main")).to_contain_text("公司的董事及秘書")
+    page.get_by_role("button", name="允許").click()
+    page.wait_for_url(bank_url(live))
+    expect(page.get_by_role("heading", name="您的公司已透過 Corp ID 核實")).to_be_visible()
+    expect(page.locator("#data-corp_officers")).to_contain_text("公司秘書")
