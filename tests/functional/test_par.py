@@ -489,3 +489,45 @@ def test_registration_reports_require_par(ctx: Live, make_client: Callable[..., 
         "require_pushed_authorization_requests"] is True
     assert services.client_as_dict(services.get_client(basic.client_id))[
         "require_pushed_authorization_requests"] is False
+
+
+# --- DPoP at PAR (RFC 9449 §10.1) -------------------------------------------------------------
+
+def test_dpop_proof_at_par_binds_the_code_to_its_key(
+        live: Live, signed_in: Callable[..., tuple[PersonInfo, Browser]],
+        make_client: Callable[..., RP]) -> None:
+    _, b = signed_in()
+    rp = fapi_client(make_client)
+    verifier, challenge = pkce_pair()
+    key = ProofKey()
+    pushed = push(live, rp, request_params(rp, challenge),
+                  headers={"DPoP": key.proof("POST", live.url("/par"))})
+    assert pushed.status_code == 201, pushed.text
+    url = live.url("/authorize?" + urlencode({"client_id": rp.client_id,
+                                              "request_uri": pushed.json()["request_uri"]}))
+    code = callback(b.run(url)).params["code"]
+
+    def form() -> dict[str, str]:
+        return {"grant_type": "authorization_code", "code": code,
+                "redirect_uri": rp.redirect_uri, "code_verifier": verifier,
+                "client_assertion_type": ASSERTION_TYPE,
+                "client_assertion": assertion_for(rp, aud=live.issuer)}
+
+    other = ProofKey().post(live.url("/token"), form)
+    assert_json_error(other, 400, "invalid_grant")  # another key: refused, code not spent
+    token = key.post(live.url("/token"), form)
+    assert token.status_code == 200, token.text
+    assert token.json()["token_type"] == "DPoP"
+
+
+def test_dpop_proof_at_par_must_match_dpop_jkt(live: Live, make_client: Callable[..., RP]
+                                               ) -> None:
+    rp = fapi_client(make_client)
+    _, challenge = pkce_pair()
+    key = ProofKey()
+    mismatch = push(live, rp, request_params(rp, challenge, dpop_jkt=ProofKey().jkt),
+                    headers={"DPoP": key.proof("POST", live.url("/par"))})
+    assert_json_error(mismatch, 400, "invalid_dpop_proof")
+    wrong_url = push(live, rp, request_params(rp, challenge),
+                     headers={"DPoP": key.proof("POST", live.url("/token"))})
+    assert_json_error(wrong_url, 400, "invalid_dpop_proof")
