@@ -7,7 +7,6 @@ Thin: authenticate, call ``idp.consent.services`` / ``receipts``, answer JSON wi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, Response, json, request
@@ -18,7 +17,7 @@ from idp.consent import receipts
 from idp.consent import services as consents
 from idp.errors import API_HEADERS, IdpError, api_view, json_error
 from idp.extensions import db
-from idp.oauth import tokens
+from idp.oauth import resource, tokens
 from idp.oauth.models import Grant
 from idp.orgs import members
 from idp.orgs import services as orgs
@@ -28,7 +27,6 @@ from idp.web import csrf
 bp = Blueprint("consent", __name__)
 
 ADMIN_SCOPE = "corp_consents"
-REALM = 'Bearer realm="corp-id"'
 
 
 def _json(payload: Any, status: int = 200) -> Response:
@@ -77,49 +75,31 @@ def client_receipts() -> Response:
 # --- the company admins' API ------------------------------------------------------------------
 
 
-@dataclass
-class BearerError(Exception):
-    status: int
-    error: str
-    description: str
-
-    def response(self) -> Response:
-        challenge = f'{REALM}, error="{self.error}"'
-        if self.error == "insufficient_scope":
-            challenge += f', scope="{ADMIN_SCOPE}"'
-        if self.error == "invalid_request" and self.status == 401:
-            challenge = REALM
-        return json_error(
-            self.status, self.error, self.description, {"WWW-Authenticate": challenge}
-        )
-
-
 def token_admin(br: str) -> tuple[Person, Company]:
-    """The one door for the consents API: a live Corp ID access token (Bearer) with scope
-    ``corp_consents``, issued for this very company to a person who is an active admin of it.
-    Returns ``(person, company)``; raises ``BearerError``.
-
-    (Where the DPoP-aware resource door, idp.oauth.resource, takes over.)"""
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise BearerError(401, "invalid_request", "Send a Corp ID access token as a Bearer header.")
-    claims = tokens.check_access_token(token.strip())
-    if claims is None or not isinstance(claims.get("gid"), str):
-        raise BearerError(401, "invalid_token", "The access token is not active.")
-    if ADMIN_SCOPE not in str(claims.get("scope", "")).split():
-        raise BearerError(403, "insufficient_scope", f"The token lacks the '{ADMIN_SCOPE}' scope.")
-    grant = db.session.scalars(select(Grant).where(Grant.gid == claims["gid"])).first()
+    """The one door for the consents API: a live Corp ID access token (Bearer, or DPoP-bound
+    with its proof: idp.oauth.resource) with scope ``corp_consents``, issued for this very
+    company to a person who is an active admin of it. Returns ``(person, company)``; raises
+    ``resource.ResourceError``."""
+    claims = resource.protected_claims(request, required_scopes=(ADMIN_SCOPE,))
+    scheme = "DPoP" if "cnf" in claims else "Bearer"
+    grant = None
+    if isinstance(claims.get("gid"), str):
+        grant = db.session.scalars(select(Grant).where(Grant.gid == claims["gid"])).first()
     principal = tokens.principal_for_grant(grant) if grant is not None else None
     if principal is None or principal.agent is not None:
-        raise BearerError(401, "invalid_token", "The access token is not active.")
+        raise resource.refuse(scheme, 401, "invalid_token", "The access token is not active.")
     try:
         company = orgs.get_company_by_br(br)
     except IdpError:  # unknown or malformed: answered like a company not yours
         company = None
     if company is None or company.id != principal.company.id:
-        raise BearerError(403, "insufficient_scope", "The token was not issued for this company.")
+        raise resource.refuse(
+            scheme, 403, "insufficient_scope", "The token was not issued for this company."
+        )
     if not members.is_admin(principal.person, company):
-        raise BearerError(403, "insufficient_scope", "Only the company's admins may do this.")
+        raise resource.refuse(
+            scheme, 403, "insufficient_scope", "Only the company's admins may do this."
+        )
     return principal.person, company
 
 
@@ -128,8 +108,8 @@ def token_admin(br: str) -> tuple[Person, Company]:
 def api_consents(br: str) -> Response:
     try:
         _, company = token_admin(br)
-    except BearerError as exc:
-        return exc.response()
+    except resource.ResourceError as exc:
+        return resource.error_response(exc)
     rows = consents.list_company_consents(company)
     return _json({"consents": [row.as_json() for row in rows]})
 
@@ -140,8 +120,8 @@ def api_consents(br: str) -> Response:
 def api_revoke(br: str, consent_id: str) -> Response:
     try:
         person, company = token_admin(br)
-    except BearerError as exc:
-        return exc.response()
+    except resource.ResourceError as exc:
+        return resource.error_response(exc)
     row = consents.get_company_consent(company, consent_id)
     consents.revoke_consent(row, actor=members.actor_name(person), origin=_origin())
     latest = receipts.latest_receipt(row.id)

@@ -232,15 +232,21 @@ def revoke() -> Response:
 def pushed_authorization() -> Response:
     """RFC 9126 §2: push an authorization request; 201 with its single-use request_uri."""
     from idp.extensions import db
-    from idp.oauth import authorization, par
+    from idp.oauth import authorization, dpop, par
 
     refused = _check_form_post()
     if refused is not None:
         return refused
     try:
-        # DPoP at PAR (RFC 9449 §10.1): the verified proof's thumbprint goes in proof_jkt.
+        # DPoP at PAR (RFC 9449 §10.1): a proof sent with the push binds the code to its key.
+        proof_jkt = dpop.proof_jkt_at(request, dpop.endpoint_url(request))
+    except dpop.DPoPError as exc:
+        db.session.rollback()
+        nonce = {"DPoP-Nonce": exc.nonce} if exc.nonce else None
+        return json_error(400, exc.error, exc.get_error_description() or exc.error, nonce)
+    try:
         pushed = par.push(
-            authorization.create_oauth2_request(None), proof_jkt=None, origin=_origin()
+            authorization.create_oauth2_request(None), proof_jkt=proof_jkt, origin=_origin()
         )
     except par.PushError as exc:
         db.session.rollback()

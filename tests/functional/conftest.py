@@ -540,8 +540,9 @@ def client_auth(live: Live, rp: RP) -> tuple[dict[str, str], tuple[str, str] | N
         return {"client_id": rp.client_id, "client_secret": rp.secret}, None
     if rp.auth_method == "none":
         return {"client_id": rp.client_id}, None
+    # The issuer: the one audience FAPI 2.0 clients may use (basic ones may also name /token).
     return {"client_assertion_type": ASSERTION_TYPE,
-            "client_assertion": assertion_for(rp, aud=live.url("/token"))}, None
+            "client_assertion": assertion_for(rp, aud=live.issuer)}, None
 
 
 def assertion_for(rp: RP, *, aud: str, **claims: Any) -> str:

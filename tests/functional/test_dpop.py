@@ -99,7 +99,7 @@ def oauth_client(live: Live, rp: RP, **kwargs: Any) -> OAuth2Client:
     auth: Any
     if rp.auth_method == "private_key_jwt":
         assert rp.private_jwk is not None
-        auth = PrivateKeyJwt(rp.client_id, rp.private_jwk, alg=rp.private_jwk.alg)
+        auth = PrivateKeyJwt(rp.client_id, rp.private_jwk, alg=rp.private_jwk.alg, aud=live.issuer)
         kwargs.setdefault("id_token_signed_response_alg", rp.id_token_alg)
     else:
         auth = ClientSecretBasic(rp.client_id, str(rp.secret))

@@ -28,6 +28,7 @@ from tests.functional.conftest import (
     pkce_pair,
 )
 from tests.functional.test_par import fapi_client, request_params
+from tests.support.dpop import ProofKey
 
 
 def with_assertion(live: Live, path: str, rp: RP, data: dict[str, Any], assertion: str
@@ -189,11 +190,13 @@ def test_fapi2_full_flow_by_hand(live: Live, signed_in: Callable[..., tuple[Pers
     url = live.url("/authorize?" + urlencode({"client_id": rp.client_id,
                                               "request_uri": pushed.json()["request_uri"]}))
     cb = callback(b.run(url))
-    token = with_assertion(live, "/token", rp, {
+    token = ProofKey().post(live.url("/token"), lambda: {
         "grant_type": "authorization_code", "code": cb.params["code"],
-        "redirect_uri": rp.redirect_uri, "code_verifier": verifier},
-        assertion_for(rp, aud=live.issuer))
+        "redirect_uri": rp.redirect_uri, "code_verifier": verifier,
+        "client_assertion_type": ASSERTION_TYPE,
+        "client_assertion": assertion_for(rp, aud=live.issuer)})
     assert token.status_code == 200, token.text
+    assert token.json()["token_type"] == "DPoP"
 
 
 # --- registration: pairwise by default --------------------------------------------------------

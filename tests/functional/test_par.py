@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 import jwskate
 import pytest
 import requests
-from requests_oauth2client import OAuth2Client, PrivateKeyJwt
+from requests_oauth2client import DPoPToken, OAuth2Client, PrivateKeyJwt
 from sqlalchemy import select, update
 
 from idp.extensions import db
@@ -30,6 +30,7 @@ from tests.functional.conftest import (
     pkce_pair,
     post,
 )
+from tests.support.dpop import ProofKey
 
 PREFIX = "urn:ietf:params:oauth:request_uri:"
 
@@ -74,7 +75,9 @@ def authorize_with(live: Live, client_id: str, request_uri: str, **extra: str) -
 
 
 def redeem_fapi(live: Live, rp: RP, code: str, verifier: str) -> requests.Response:
-    return requests.post(live.url("/token"), timeout=15, data={
+    """Redeem a fapi2 client's code: private_key_jwt and a DPoP proof (FAPI 2.0 tokens are
+    sender-constrained)."""
+    return ProofKey().post(live.url("/token"), lambda: {
         "grant_type": "authorization_code", "code": code, "redirect_uri": rp.redirect_uri,
         "code_verifier": verifier, "client_assertion_type": ASSERTION_TYPE,
         "client_assertion": assertion_for(rp, aud=live.issuer)})
@@ -112,12 +115,16 @@ def test_par_flow_with_requests_oauth2client(
         live.url("/.well-known/openid-configuration"), issuer=live.issuer, testing=True,
         auth=PrivateKeyJwt(rp.client_id, rp.private_jwk, alg="ES256", aud=live.issuer),
         redirect_uri=rp.redirect_uri, id_token_signed_response_alg=rp.id_token_alg)
-    azr = client.authorization_request(scope="openid corp")
+    # FAPI 2.0 tokens are sender-constrained: DPoP, bound from PAR on (dpop_jkt).
+    azr = client.authorization_request(scope="openid corp", dpop=True)
     pushed = client.pushed_authorization_request(azr)
     assert pushed.request_uri.startswith(PREFIX)
     cb = callback(b.run(str(pushed.uri)))
     response = azr.validate_callback(cb.url())  # state and iss checked by the library
-    token = client.authorization_code(response)
+    # validate=False: requests-oauth2client 1.8's ID token validation fails on DPoP tokens
+    # (it rebuilds the token without its key); ID tokens are checked in test_code_flow.
+    token = client.authorization_code(response, validate=False)
+    assert isinstance(token, DPoPToken)
     assert token.id_token is not None
     assert client.userinfo(token)["corp"]["br_number"] == who.companies[0].br_number
 
@@ -482,3 +489,45 @@ def test_registration_reports_require_par(ctx: Live, make_client: Callable[..., 
         "require_pushed_authorization_requests"] is True
     assert services.client_as_dict(services.get_client(basic.client_id))[
         "require_pushed_authorization_requests"] is False
+
+
+# --- DPoP at PAR (RFC 9449 §10.1) -------------------------------------------------------------
+
+def test_dpop_proof_at_par_binds_the_code_to_its_key(
+        live: Live, signed_in: Callable[..., tuple[PersonInfo, Browser]],
+        make_client: Callable[..., RP]) -> None:
+    _, b = signed_in()
+    rp = fapi_client(make_client)
+    verifier, challenge = pkce_pair()
+    key = ProofKey()
+    pushed = push(live, rp, request_params(rp, challenge),
+                  headers={"DPoP": key.proof("POST", live.url("/par"))})
+    assert pushed.status_code == 201, pushed.text
+    url = live.url("/authorize?" + urlencode({"client_id": rp.client_id,
+                                              "request_uri": pushed.json()["request_uri"]}))
+    code = callback(b.run(url)).params["code"]
+
+    def form() -> dict[str, str]:
+        return {"grant_type": "authorization_code", "code": code,
+                "redirect_uri": rp.redirect_uri, "code_verifier": verifier,
+                "client_assertion_type": ASSERTION_TYPE,
+                "client_assertion": assertion_for(rp, aud=live.issuer)}
+
+    other = ProofKey().post(live.url("/token"), form)
+    assert_json_error(other, 400, "invalid_grant")  # another key: refused, code not spent
+    token = key.post(live.url("/token"), form)
+    assert token.status_code == 200, token.text
+    assert token.json()["token_type"] == "DPoP"
+
+
+def test_dpop_proof_at_par_must_match_dpop_jkt(live: Live, make_client: Callable[..., RP]
+                                               ) -> None:
+    rp = fapi_client(make_client)
+    _, challenge = pkce_pair()
+    key = ProofKey()
+    mismatch = push(live, rp, request_params(rp, challenge, dpop_jkt=ProofKey().jkt),
+                    headers={"DPoP": key.proof("POST", live.url("/par"))})
+    assert_json_error(mismatch, 400, "invalid_dpop_proof")
+    wrong_url = push(live, rp, request_params(rp, challenge),
+                     headers={"DPoP": key.proof("POST", live.url("/token"))})
+    assert_json_error(wrong_url, 400, "invalid_dpop_proof")
