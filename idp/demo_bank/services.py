@@ -515,13 +515,16 @@ class Section:
     values: dict[str, Any]
     source: str | None
     as_of: str | None
+    # The IDA trust framework its verified_claims name, if any.
+    trust_framework: str | None = None
 
 
 def sections(company_data: Mapping[str, Any]) -> list[Section]:
     """The released categories of a company data API answer, in the order of ``CATEGORIES``.
 
-    Each category is ``{"values": {...}, "provenance": {"source", "as_of"}, ...}`` under
-    ``categories`` (provenance members beside the values are read too)."""
+    Each category is ``{"values": {...}, "provenance": {"source", "as_of"}, "verified_claims":
+    {"verification": {"trust_framework", ...}, ...}}`` under ``categories`` (provenance members
+    beside the values are read too)."""
     found = company_data.get("categories")
     by_category = found if isinstance(found, Mapping) else company_data
     result = []
@@ -539,12 +542,18 @@ def sections(company_data: Mapping[str, Any]) -> list[Section]:
                 if k not in ("provenance", "source", "as_of", "verified_claims")
             }
         source, as_of = provenance.get("source"), provenance.get("as_of")
+        verified = entry.get("verified_claims")
+        verification = verified.get("verification") if isinstance(verified, Mapping) else None
+        framework = (
+            verification.get("trust_framework") if isinstance(verification, Mapping) else None
+        )
         result.append(
             Section(
                 category=category,
                 values=dict(values),
                 source=str(source) if source is not None else None,
                 as_of=str(as_of) if as_of is not None else None,
+                trust_framework=str(framework) if framework is not None else None,
             )
         )
     return result

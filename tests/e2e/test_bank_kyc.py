@@ -86,6 +86,7 @@ def test_admin_shares_company_data_with_the_bank(live: Live, new_tab: Callable[.
         expect(section).to_be_visible()
         expect(section.locator(".source")).not_to_have_text("not stated")
         expect(section.locator(".as-of")).to_have_text(re.compile(r"^\d{4}-\d{2}-\d{2}$"))
+        expect(section.locator(".trust-framework")).not_to_be_empty()
     expect(page.locator("#data-corp_officers")).to_contain_text("Director")
     expect(page.locator("#token-type")).to_have_text("DPoP")
     details = json_of(tab, "authorization-details")

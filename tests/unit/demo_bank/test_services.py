@@ -485,12 +485,18 @@ def test_sections_read_provenance_beside_or_inside() -> None:
     data = {
         "categories": {
             "corp_address": {"formatted": "1 Queen's Road", "source": "CR", "as_of": "2026-01-01"},
-            "corp_profile": {"values": {"br_number": "1"}, "provenance": {"source": "CR"}},
+            "corp_profile": {
+                "values": {"br_number": "1"},
+                "provenance": {"source": "CR"},
+                "verified_claims": {"verification": {"trust_framework": "hk_cr"}},
+            },
             "unknown": {"values": {}},
         }
     }
     profile, address = services.sections(data)
     assert (profile.category, profile.source, profile.as_of) == ("corp_profile", "CR", None)
+    assert profile.trust_framework == "hk_cr"
+    assert address.trust_framework is None
     assert address.values == {"formatted": "1 Queen's Road"}
     assert address.as_of == "2026-01-01"
     assert services.sections({}) == []

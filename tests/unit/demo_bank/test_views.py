@@ -174,6 +174,7 @@ def test_a_verified_company_is_shown_with_provenance_and_kept(
     assert "Demo Trading Limited" in page
     assert "Companies Registry" in page
     assert "2026-11-30" in page
+    assert 'trust framework <code class="trust-framework">hk_cr</code>' in page
     assert "Directors and company secretary" in page
     assert "Signature verified" in page
     assert "cns_1" in page
