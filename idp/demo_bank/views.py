@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from typing import Any
 
 from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
@@ -49,6 +50,10 @@ ACCOUNT_TTL = 60 * 60
 # Characters per cookie, and cookies per value (browsers keep 4096 bytes per cookie).
 CHUNK = 3800
 MAX_CHUNKS = 4
+# Language tags passed on to Corp ID (BCP 47 shapes, space-separated, bounded).
+UI_LOCALES = re.compile(
+    r"[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*( [A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*){0,4}"
+)
 # HTTP status of each failure page: the person's own choice is not an error.
 STATUS = {
     "setup": 503,
@@ -167,12 +172,16 @@ def index() -> Response:
 
 @bp.get("/start")
 def start() -> BaseResponse:
-    chosen = [c for c in request.args.getlist("category") if c in CATEGORIES]
+    asked = set(request.args.getlist("category"))
+    chosen = [c for c in CATEGORIES if c in asked]
     if not chosen:
         return _page("index.html", 400, chosen=set(), choose_one=True)
+    ui_locales = request.args.get("ui_locales") or None
+    if ui_locales is not None and not UI_LOCALES.fullmatch(ui_locales):
+        ui_locales = None  # not a list of language tags: Corp ID chooses from the browser
     try:
         url, transaction = bank_services.start_kyc(
-            _bank(), categories=chosen, ui_locales=request.args.get("ui_locales")
+            _bank(), categories=chosen, ui_locales=ui_locales
         )
     except BankError as exc:
         return _failure(exc)

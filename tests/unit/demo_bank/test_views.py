@@ -215,3 +215,50 @@ def test_seed_is_idempotent_and_follows_the_keys(make_app: Callable[..., Flask])
 
 def test_cookie_chunks_have_a_ceiling() -> None:
     assert bank_views.CHUNK * bank_views.MAX_CHUNKS < 20000
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "category=corp_profile&category=corp_profile&category=" + "x" * 5000,
+        "category=%ff%fe",
+        "category=corp_profile&ui_locales=" + "zh" * 3000,
+        "category=corp_profile&ui_locales=%0d%0aX:1",
+    ],
+)
+def test_bad_start_input_is_never_a_500(
+    make_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch, query: str
+) -> None:
+    app = make_app(DEMO=True)
+    with app.app_context():
+        seed_demo_bank()
+    seen: dict[str, object] = {}
+
+    def start(bank: object, *, categories: list[str], ui_locales: str | None) -> tuple[str, dict]:
+        seen.update(categories=categories, ui_locales=ui_locales)
+        return "http://localhost:5000/authorize?client_id=c&request_uri=u", {"state": "s"}
+
+    monkeypatch.setattr(services, "start_kyc", start)
+    response = app.test_client().get(f"/demo-bank/start?{query}")
+    assert response.status_code in (303, 400)
+    if response.status_code == 303:
+        assert seen["categories"] == ["corp_profile"]
+        assert seen["ui_locales"] is None
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "code=x&code=y&state=s&state=t",
+        "code=%ff&state=%fe&iss=%00",
+        "error=" + "x" * 5000,
+        "",
+    ],
+)
+def test_bad_callback_input_is_never_a_500(make_app: Callable[..., Flask], query: str) -> None:
+    app = make_app(DEMO=True)
+    with app.app_context():
+        seed_demo_bank()
+    response = app.test_client().get(f"/demo-bank/callback?{query}")
+    assert response.status_code == 400
+    assert b"not started here" in response.data
