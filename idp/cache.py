@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from flask import Flask, current_app
@@ -19,6 +20,10 @@ from idp.db import utcnow
 from idp.errors import RateLimitedError
 from idp.extensions import db
 from idp.oauth.models import RateCounter, ReplayEntry
+
+# Set in a WSGI environ once its request was counted against the rate limits (by the hot
+# path, idp.oauth.hotpath), so that the full path, answering it instead, does not count again.
+COUNTED = "idp.rate_counted"
 
 
 def init_app(app: Flask) -> None:
@@ -90,6 +95,36 @@ def hit(namespace: str, value: str, *, limit: int, window: int = 60) -> None:
         count = _db_hit(key[:200], current)
     if count > limit:
         raise RateLimitedError(retry_after)
+
+
+def hit_all(
+    hits: Sequence[tuple[str, str, int]], *, read: str | None = None, window: int = 60
+) -> bytes | None:
+    """Count each ``(namespace, value, limit)`` as ``hit`` does, and with Redis also ``GET``
+    the key ``read``, all in one round trip. Returns the value read (None without Redis).
+
+    Raises ``RateLimitedError`` past any limit (every count is made first, as with ``hit``)."""
+    client = _redis()
+    if client is None:
+        for namespace, value, limit in hits:
+            hit(namespace, value, limit=limit, window=window)
+        return None
+    now = time.time()
+    current = int(now // window)
+    retry_after = max(1, int((current + 1) * window - now))
+    counted = [(n, v, limit) for n, v, limit in hits if limit > 0]
+    pipe = client.pipeline(transaction=False)
+    for namespace, value, _ in counted:
+        key = f"{_key(namespace, value)}:{current}"
+        pipe.incr(key)
+        pipe.expire(key, window + 1)
+    if read is not None:
+        pipe.get(read)
+    results = pipe.execute()
+    for index, (_, _, limit) in enumerate(counted):
+        if int(results[2 * index]) > limit:
+            raise RateLimitedError(retry_after)
+    return results[-1] if read is not None else None
 
 
 def _db_hit(key: str, window: int) -> int:

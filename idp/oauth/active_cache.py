@@ -68,17 +68,37 @@ def _ttl() -> float:
     return float(current_app.config["IDP"]["ACTIVE_TOKEN_CACHE_TTL"])
 
 
+def enabled() -> bool:
+    """Whether this worker may answer tokens from memory (Redis configured, TTL above 0)."""
+    return _redis() is not None and _ttl() > 0
+
+
+def epoch_key() -> str:
+    """The Redis key of the epoch, for callers that read it with other commands
+    (``epoch_from`` then makes the value usable)."""
+    return _epoch_key()
+
+
 def current_epoch() -> bytes | None:
     """The shared revocation epoch, or None when tokens must not be answered from memory."""
-    client = _redis()
-    if client is None or _ttl() <= 0:
+    if not enabled():
         return None
-    key = _epoch_key()
     try:
+        return epoch_from(_redis().get(_epoch_key()))
+    except Exception:
+        log.warning("revocation epoch unavailable; active-token cache bypassed")
+        return None
+
+
+def epoch_from(value: bytes | None) -> bytes | None:
+    """The epoch from a value read from Redis; a missing key (Redis restarted or flushed) is
+    created with a random value, so that it never matches an epoch remembered before."""
+    if value is not None:
+        return bytes(value)
+    client, key = _redis(), _epoch_key()
+    try:
+        client.set(key, str(secrets.randbits(62)).encode(), nx=True)
         value = client.get(key)
-        if value is None:
-            client.set(key, str(secrets.randbits(62)).encode(), nx=True)
-            value = client.get(key)
     except Exception:
         log.warning("revocation epoch unavailable; active-token cache bypassed")
         return None

@@ -27,7 +27,7 @@ from flask import Flask, current_app
 from idp import cache
 from idp.clients.models import Client, ClientProfile
 from idp.errors import RateLimitedError
-from idp.oauth import tokens
+from idp.oauth import active_cache, tokens
 from idp.oauth.endpoints import access_token_introspection
 from idp.oauth.grants import client_credentials_scope_allowed, generate_token
 from idp.security import REFRESH_TOKEN_PREFIX
@@ -147,15 +147,20 @@ def authenticated_client(environ: dict[str, Any], form: Form, *, endpoint: str) 
     return client
 
 
-def _count(environ: dict[str, Any], client: Client) -> None:
-    """The rate limits the full path applies (per source, per client)."""
+def _count(environ: dict[str, Any], client: Client, *, read: str | None = None) -> bytes | None:
+    """The rate limits the full path applies (per source, per client), in one Redis round
+    trip, with the value of the key ``read`` read alongside. The request is then marked
+    counted: if the full path answers it after all, it does not count it again."""
     cfg = current_app.config["IDP"]
-    cache.hit(
-        "source",
-        environ.get("REMOTE_ADDR") or "-",
-        limit=int(cfg["RATE_LIMIT_SOURCE_PER_MINUTE"]),
+    value = cache.hit_all(
+        [
+            ("source", environ.get("REMOTE_ADDR") or "-", int(cfg["RATE_LIMIT_SOURCE_PER_MINUTE"])),
+            ("client", client.client_id, int(cfg["RATE_LIMIT_CLIENT_PER_MINUTE"])),
+        ],
+        read=read,
     )
-    cache.hit("client", client.client_id, limit=int(cfg["RATE_LIMIT_CLIENT_PER_MINUTE"]))
+    environ[cache.COUNTED] = True
+    return value
 
 
 def client_credentials_token(environ: dict[str, Any], form: Form) -> dict[str, Any] | None:
@@ -188,8 +193,12 @@ def access_token_introspection_answer(environ: dict[str, Any], form: Form) -> di
     client = authenticated_client(environ, form, endpoint="introspection")
     if client is None:
         return None
-    claims = tokens.check_access_token(token)
+    # The rate limits and the revocation epoch in one round trip; the epoch is read before
+    # the token is checked, as active_cache requires.
+    read = active_cache.epoch_key() if active_cache.enabled() else None
+    raw = _count(environ, client, read=read)
+    epoch = active_cache.epoch_from(raw) if read is not None else None
+    claims = tokens.check_access_token(token, epoch=epoch)
     if claims is None or claims.get("client_id") != client.client_id:
         return None
-    _count(environ, client)
     return access_token_introspection(claims)

@@ -469,14 +469,19 @@ def _agent_token_live(jti: str, gid: object) -> bool:
     return (not row[0]) and row[1] is not None
 
 
-def check_access_token(token: str) -> dict[str, Any] | None:
+_READ_EPOCH: Any = object()
+
+
+def check_access_token(token: str, *, epoch: bytes | None = _READ_EPOCH) -> dict[str, Any] | None:
     """Claims of an active access token (signature, expiry, revocation), else None.
 
     A token this worker found active moments ago is answered from memory while no revocation
-    has happened since (``idp.oauth.active_cache``)."""
+    has happened since (``idp.oauth.active_cache``). ``epoch``: the revocation epoch, when the
+    caller has just read it (with other Redis commands); read here otherwise."""
     from idp.oauth import active_cache
 
-    epoch = active_cache.current_epoch()  # read before the database is asked
+    if epoch is _READ_EPOCH:
+        epoch = active_cache.current_epoch()  # read before the database is asked
     claims = active_cache.recall(token, epoch)
     if claims is not None:
         return claims

@@ -77,3 +77,22 @@ def test_per_source_limit(live: Live, service: Callable[[], RP],
     # All three came from 127.0.0.1: whoever asks next is refused, authenticated or not.
     assert_429(post(live, "/token", a, CC))
     assert_429(requests.post(live.url("/revoke"), data={"token": "x"}, timeout=10))
+
+
+@pytest.mark.parametrize("limit", ["RATE_LIMIT_CLIENT_PER_MINUTE", "RATE_LIMIT_SOURCE_PER_MINUTE"])
+def test_introspection_the_hot_path_hands_on_is_counted_once(
+        live: Live, service: Callable[[], RP], monkeypatch: pytest.MonkeyPatch,
+        fresh_window: None, limit: str) -> None:
+    """The hot path counts an introspection (with the revocation epoch, one Redis round trip)
+    before it knows the token; when the token is not active it hands the request to the full
+    path, which must not count it a second time."""
+    rp = service()
+    token = post(live, "/token", rp, CC).json()["access_token"]
+    assert post(live, "/revoke", rp, {"token": token}).status_code == 200
+    # The token and revocation requests above used 2 of the budget (client's and source's).
+    monkeypatch.setitem(live.config(), limit, 5)
+    for _ in range(3):
+        answer = post(live, "/introspect", rp, {"token": token})
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"active": False}
+    assert_429(post(live, "/introspect", rp, {"token": token}))
