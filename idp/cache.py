@@ -113,6 +113,8 @@ def hit_all(
     current = int(now // window)
     retry_after = max(1, int((current + 1) * window - now))
     counted = [(n, v, limit) for n, v, limit in hits if limit > 0]
+    if not counted:
+        return client.get(read) if read is not None else None
     pipe = client.pipeline(transaction=False)
     for namespace, value, _ in counted:
         key = f"{_key(namespace, value)}:{current}"

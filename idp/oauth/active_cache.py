@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
+import weakref
 from typing import Any
 
 from flask import current_app, has_app_context
@@ -59,9 +61,12 @@ def _redis() -> Any:
 
 
 def _epoch_key() -> str:
-    from idp.cache import _key
+    key = current_app.extensions.get("idp.epoch_key")
+    if key is None:
+        from idp.cache import _key
 
-    return _key("revocation-epoch", "epoch")
+        key = current_app.extensions["idp.epoch_key"] = _key("revocation-epoch", "epoch")
+    return str(key)
 
 
 def _ttl() -> float:
@@ -84,10 +89,54 @@ def current_epoch() -> bytes | None:
     if not enabled():
         return None
     try:
-        return epoch_from(_redis().get(_epoch_key()))
+        return epoch_from(_get(_epoch_key()))
     except Exception:
+        _drop_connection()
         log.warning("revocation epoch unavailable; active-token cache bypassed")
         return None
+
+
+# thread ident -> (the thread, the pool whose settings made it, connection, packed commands)
+_held: dict[int, tuple[weakref.ref[threading.Thread], Any, Any, dict[str, bytes]]] = {}
+
+
+def _connection() -> tuple[Any, dict[str, bytes]]:
+    """This thread's own Redis connection (made with the pool's settings, outside its count)
+    and its packed commands. Connections of threads that have ended are closed here, so a
+    server that starts a thread per request (the development server) does not gather them."""
+    pool = _redis().connection_pool
+    thread = threading.current_thread()
+    held = _held.get(thread.ident or 0)
+    if held is not None and held[0]() is thread and held[1] is pool:
+        return held[2], held[3]
+    for ident, (owner, _, connection, _) in list(_held.items()):
+        alive = owner()
+        if alive is None or not alive.is_alive() or ident == thread.ident:
+            _held.pop(ident, None)
+            connection.disconnect()
+    connection = pool.connection_class(**pool.connection_kwargs)
+    _held[thread.ident or 0] = (weakref.ref(thread), pool, connection, {})
+    return connection, _held[thread.ident or 0][3]
+
+
+def _drop_connection() -> None:
+    held = _held.pop(threading.get_ident(), None)
+    if held is not None:
+        held[2].disconnect()
+
+
+def _get(key: str) -> bytes | None:
+    """``GET key`` on a connection this thread keeps (redis-py's connection layer: about half
+    the CPU of ``Redis.get``, which checks a connection out of the pool and back per command;
+    this read happens on every introspection). A failed connection is dropped by the caller;
+    the next read opens a new one."""
+    connection, packed = _connection()
+    command = packed.get(key)
+    if command is None:
+        command = packed[key] = connection.pack_command("GET", key)
+    connection.send_packed_command(command, check_health=False)
+    value = connection.read_response()
+    return value if value is None else bytes(value)
 
 
 def epoch_from(value: bytes | None) -> bytes | None:
@@ -141,7 +190,12 @@ def remember(token: str, epoch: bytes | None, claims: dict[str, Any]) -> None:
 
 
 def forget_all() -> None:
+    """Forget every remembered token and close the connections threads keep (tests)."""
     _entries.clear()
+    for ident in list(_held):
+        held = _held.pop(ident, None)
+        if held is not None:
+            held[2].disconnect()
 
 
 # --- noticing revocations -------------------------------------------------------------------

@@ -193,11 +193,18 @@ def access_token_introspection_answer(environ: dict[str, Any], form: Form) -> di
     client = authenticated_client(environ, form, endpoint="introspection")
     if client is None:
         return None
-    # The rate limits and the revocation epoch in one round trip; the epoch is read before
-    # the token is checked, as active_cache requires.
-    read = active_cache.epoch_key() if active_cache.enabled() else None
-    raw = _count(environ, client, read=read)
-    epoch = active_cache.epoch_from(raw) if read is not None else None
+    # The revocation epoch is read before the token is checked, as active_cache requires;
+    # with the rate limits when they are counted (one Redis round trip for both).
+    cfg = current_app.config["IDP"]
+    counting = any(
+        int(cfg[name]) > 0
+        for name in ("RATE_LIMIT_SOURCE_PER_MINUTE", "RATE_LIMIT_CLIENT_PER_MINUTE")
+    )
+    if counting and active_cache.enabled():
+        epoch = active_cache.epoch_from(_count(environ, client, read=active_cache.epoch_key()))
+    else:
+        _count(environ, client)
+        epoch = active_cache.current_epoch()
     claims = tokens.check_access_token(token, epoch=epoch)
     if claims is None or claims.get("client_id") != client.client_id:
         return None

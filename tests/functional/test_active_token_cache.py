@@ -170,3 +170,50 @@ def test_disabled_by_setting(make_app: Callable[..., Flask], redis_url: str | No
     token = _client_token(app)
     assert _check(app, token) is not None
     assert active_cache._entries == {}
+
+
+def test_a_broken_redis_connection_means_no_memory_then_a_new_one(
+    two_workers: tuple[Flask, Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The epoch is read on a connection each thread keeps: when it fails, that request is
+    answered from the database (no epoch) and the next read opens a new connection."""
+    import redis
+
+    a, _ = two_workers
+    token = _client_token(a)
+    assert _check(a, token) is not None
+    with a.app_context():
+        assert active_cache.current_epoch() is not None
+        broken = active_cache._connection()[0]
+
+        def fail(*args: object, **kwargs: object) -> None:
+            raise redis.ConnectionError("gone")
+
+        monkeypatch.setattr(broken, "send_packed_command", fail)
+        assert active_cache.current_epoch() is None
+        assert active_cache.recall(token, active_cache.current_epoch()) is not None
+        assert active_cache._connection()[0] is not broken
+
+
+def test_short_lived_threads_do_not_use_up_the_redis_pool(
+    two_workers: tuple[Flask, Flask],
+) -> None:
+    """A threaded development server runs each request in a new thread: the connections the
+    epoch reads keep are outside the pool's count, so the pool never runs dry."""
+    import threading
+
+    a, _ = two_workers
+    pool = a.extensions["idp.redis"].connection_pool
+    epochs: list[bytes | None] = []
+
+    def read() -> None:
+        with a.app_context():
+            epochs.append(active_cache.current_epoch())
+
+    for _ in range(pool.max_connections + 20):
+        thread = threading.Thread(target=read)
+        thread.start()
+        thread.join()
+    assert None not in epochs
+    with a.app_context():
+        assert a.extensions["idp.redis"].ping()
