@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO, cast
 
-from sqlalchemy import Table, delete, insert, or_, select, update
+from sqlalchemy import Table, delete, insert, select, tuple_, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from idp.audit.services import Origin, record
@@ -156,9 +156,10 @@ def search_companies(query: str, *, limit: int = 20, after: str | None = None) -
         anchor = db.session.scalar(select(column).where(Company.br_number == after))
         if anchor is None:
             raise ValidationError("after: no such company in these results")
-        statement = statement.where(
-            column >= anchor, or_(column > anchor, Company.br_number > after)
-        )
+        # A row-value comparison, so the index scan starts right after the anchor; with
+        # "column > anchor OR br_number > after" PostgreSQL walked every company sharing the
+        # anchor's name key first (p99 177 ms on 1.8 M rows for common names).
+        statement = statement.where(tuple_(column, Company.br_number) > tuple_(anchor, after))
     return list(
         db.session.scalars(statement.order_by(column, Company.br_number).limit(limit)).all()
     )
