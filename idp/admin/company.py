@@ -9,7 +9,6 @@ an unknown one: 404), and the rows of its pages with the names they show.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
@@ -112,29 +111,6 @@ def agent_company(br: object) -> Company:
     """The company named as a third party, by BR number. Raises ``ValidationError`` and
     ``NotFoundError``."""
     return orgs.get_company_by_br(str(br or "").strip())
-
-
-@dataclass(frozen=True)
-class ConsentRow:
-    consent: Consent
-    person: str
-    client: str
-
-
-def consents(company: Company) -> list[ConsentRow]:
-    """The live consents people gave relying parties for ``company``, newest first."""
-    rows = list(
-        db.session.scalars(
-            select(Consent)
-            .where(Consent.company_id == company.id, Consent.revoked_at.is_(None))
-            .order_by(Consent.updated_at.desc(), Consent.id.desc())
-        )
-    )
-    people = people_names({c.person_id for c in rows})
-    clients = client_names({c.client_id for c in rows})
-    return [
-        ConsentRow(c, people.get(c.person_id, "?"), clients.get(c.client_id, "?")) for c in rows
-    ]
 
 
 def get_consent(company: Company, consent_id: int) -> Consent:
