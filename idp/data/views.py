@@ -45,14 +45,7 @@ def company_data() -> Response:
     except services.InactiveTokenError as exc:
         return resource.error_response(resource.refuse(scheme, 401, exc.code, exc.message))
     except services.InsufficientScopeError as exc:
-        refused = resource.refuse(scheme, 403, exc.code, exc.message)
-        refused.headers = [
-            (
-                name,
-                f'{value}, scope="{" ".join(CATEGORIES)}"' if name == "WWW-Authenticate" else value,
-            )
-            for name, value in refused.headers
-        ]
+        refused = resource.refuse(scheme, 403, exc.code, exc.message, scope=" ".join(CATEGORIES))
         return resource.error_response(refused)
     response = Response(json.dumps(body), mimetype="application/json")
     response.headers.update(API_HEADERS)

@@ -43,21 +43,34 @@ def _quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def _challenge(scheme: str, error: str | None = None, description: str | None = None) -> str:
+def _challenge(
+    scheme: str,
+    error: str | None = None,
+    description: str | None = None,
+    scope: str | None = None,
+) -> str:
     params = [f'realm="{REALM}"'] if scheme == "Bearer" else []
     if error:
         params.append(f'error="{error}"')
         if description:
             params.append(f'error_description="{_quote(description)}"')
+    if scope:
+        params.append(f'scope="{_quote(scope)}"')  # RFC 6750 §3: the scope that would do
     if scheme == "DPoP":
         params.append(f'algs="{" ".join(DPOP_SIGNING_ALGS)}"')
     return f"{scheme} {', '.join(params)}"
 
 
 def refuse(
-    scheme: str, status: int, error: str, description: str, nonce: str | None = None
+    scheme: str,
+    status: int,
+    error: str,
+    description: str,
+    nonce: str | None = None,
+    *,
+    scope: str | None = None,
 ) -> ResourceError:
-    headers = [("WWW-Authenticate", _challenge(scheme, error, description))]
+    headers = [("WWW-Authenticate", _challenge(scheme, error, description, scope))]
     if scheme == "Bearer":
         # A client that can do DPoP learns that we accept it (RFC 9449 §7.1).
         headers.append(("WWW-Authenticate", _challenge("DPoP")))
@@ -104,7 +117,11 @@ def protected_claims(flask_request: Any, *, required_scopes: Iterable[str] = ())
     missing = [s for s in required_scopes if s not in str(claims.get("scope", "")).split()]
     if missing:
         raise refuse(
-            scheme, 403, "insufficient_scope", f"The access token lacks the scope {missing[0]}."
+            scheme,
+            403,
+            "insufficient_scope",
+            f"The access token lacks the scope {missing[0]}.",
+            scope=" ".join(required_scopes),
         )
     return claims
 

@@ -136,6 +136,8 @@ def test_basic_scopes_release_no_company_data(
     assert answer.status_code == 403
     assert answer.json()["error"] == "insufficient_scope"
     assert 'error="insufficient_scope"' in answer.headers["WWW-Authenticate"]
+    # RFC 6750 §3: the challenge names the scopes that would do, once.
+    assert answer.headers["WWW-Authenticate"].count('scope="corp_profile corp_address') == 1
     assert answer.headers["Cache-Control"] == "no-store"
 
 
