@@ -589,6 +589,43 @@ def count_sql(backend: LoginBackend, client_id: str, journey: str, seed: str,
     return per_step
 
 
+def cpu_per_step(backend: LoginBackend, client_id: str, journey: str, seed: str, people: int,
+                 logins: int, cprofile: str | None) -> dict[str, float]:
+    """What one login costs the server, in process (Flask test client, no HTTP server, no load
+    generator): mean CPU milliseconds per step over ``logins`` logins after three to warm up.
+    With ``cprofile`` the measured logins are profiled into that file (pstats format)."""
+    import cProfile
+
+    app = backend.app
+    test_client = app.test_client(use_cookies=False)
+    cpu: dict[str, float] = {}
+
+    def send(method: str, path: str, headers: dict[str, str],
+             body: bytes | None) -> tuple[int, dict[str, Any], bytes]:
+        started = time.process_time()
+        resp = test_client.open(path, method=method, headers=headers, data=body,
+                                base_url=backend.login_issuer)
+        step = current_step(path, method)
+        cpu[step] = cpu.get(step, 0.0) + time.process_time() - started
+        out: dict[str, Any] = {k.lower(): v for k, v in resp.headers.items()}
+        out["set-cookie-list"] = resp.headers.getlist("Set-Cookie")
+        return resp.status_code, out, resp.get_data()
+
+    browser = Browser(send, issuer=backend.login_issuer, client_id=client_id, seed=seed)
+    for n in range(3):
+        browser.login(people - 10 - n, journey, {})
+    cpu.clear()
+    profiler = cProfile.Profile() if cprofile else None
+    if profiler is not None:
+        profiler.enable()
+    for n in range(logins):
+        browser.login(people - 20 - n, journey, {})
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(cprofile)
+    return {step: 1000 * total / logins for step, total in cpu.items()}
+
+
 def current_step(path: str, method: str) -> str:
     if path.startswith("/authorize?"):
         return "authorize"
@@ -734,6 +771,13 @@ def render(fig: dict[str, Any], sql: dict[str, tuple[int, int, list[str]]] | Non
         lines += ["", f"WARNING: processes outside the benchmark used {fig['cpu']['other']:.2f} "
                   "cores (column 'other'): these figures are pessimistic."]
     if sql:
+        lines += render_sql(sql, args).splitlines()
+    return "\n".join(lines) + "\n"
+
+
+def render_sql(sql: dict[str, tuple[int, int, list[str]]], args: argparse.Namespace) -> str:
+    lines = []
+    if sql:
         lines += ["", "## SQL per step of one login (in process, warm caches)", "",
                   "| step | SQL statements | PostgreSQL round trips |", "|---|--:|--:|"]
         lines += [f"| {k} | {v[0]} | {v[1]} |" for k, v in sql.items()]
@@ -768,6 +812,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the database and temp folder")
     p.add_argument("--sql", action="store_true", help="count SQL per step (in process)")
     p.add_argument("--show-sql", action="store_true", help="list each step's statements")
+    p.add_argument("--cpu", type=int, default=0, metavar="N",
+                   help="first measure N logins in process: CPU ms per step (--duration 0: "
+                        "only that)")
+    p.add_argument("--cprofile", metavar="FILE", help="with --cpu: cProfile those logins")
     p.add_argument("--profile", metavar="DIR", help="py-spy raw stacks of the server into DIR")
     p.add_argument("--pyspy", default=shutil.which("py-spy") or "py-spy")
     p.add_argument("--out", default=str(BENCH / "results" / "login-latest.md"))
@@ -811,6 +859,15 @@ def main(argv: list[str] | None = None) -> int:
                 reset_first_time(args.journey, client_id)
                 for step, (n, t, _) in sql.items():
                     log(f"SQL: {step}: {n} statements, {t} round trips")
+            if args.cpu:
+                cpu = cpu_per_step(backend, client_id, args.journey, args.seed, args.people,
+                                   args.cpu, args.cprofile)
+                reset_first_time(args.journey, client_id)
+                log("CPU ms per step, in process: " + ", ".join(
+                    f"{k} {v:.2f}" for k, v in cpu.items()) + f"; total {sum(cpu.values()):.2f}")
+            if args.duration <= 0:  # only the in-process figures
+                print(render_sql(sql, args) if sql else "", end="")
+                return 0
             with backend.app.app_context():
                 from idp.extensions import db
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import datetime as dt
 
 from flask import current_app
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.orm import contains_eager
 
 from idp.audit.services import Origin, record
 from idp.authn.models import LoginSession
@@ -58,6 +59,15 @@ def start_session(
     return session, secret
 
 
+# One statement for the session and its person, built once (every signed-in page asks).
+_SESSION_BY_SECRET = (
+    select(LoginSession)
+    .join(LoginSession.person)
+    .options(contains_eager(LoginSession.person))
+    .where(LoginSession.secret_hash == bindparam("secret_hash"))
+)
+
+
 def find_session(secret: str | None) -> LoginSession | None:
     """The live session for a cookie secret, or None (unknown, ended, idle or too old).
 
@@ -69,17 +79,15 @@ def find_session(secret: str | None) -> LoginSession | None:
         or len(secret) > 100
     ):
         return None
-    session = db.session.scalars(
-        select(LoginSession).where(LoginSession.secret_hash == digest(secret))
-    ).first()
+    session = db.session.scalars(_SESSION_BY_SECRET, {"secret_hash": digest(secret)}).first()
     if session is None or session.ended_at is not None:
         return None
     now = utcnow()
     idle = dt.timedelta(seconds=int(current_app.config["IDP"]["SESSION_IDLE_TTL"]))
     if session.expires_at <= now or session.last_seen_at + idle <= now:
         return None
-    # Through the relationship: the session keeps the person loaded for the rest of the
-    # request (the identity map alone holds objects weakly, so a later get would read again).
+    # Loaded with the session, which keeps it for the rest of the request (the identity map
+    # alone holds objects weakly, so a later get would read again).
     person = session.person
     if person is None or not person.is_active:
         return None

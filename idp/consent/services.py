@@ -10,6 +10,7 @@ receipt (``idp.consent.receipts``).
 from __future__ import annotations
 
 import datetime as dt
+import enum
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +64,15 @@ def _find(person: Person, company: Company, client: Client) -> Consent | None:
             Consent.client_id == client.id,
         )
     ).first()
+
+
+class Unread(enum.Enum):
+    """Not read yet (what ``what_to_ask`` is given when the caller has no consent at hand)."""
+
+    UNREAD = "unread"
+
+
+UNREAD = Unread.UNREAD
 
 
 def live_consent(person: Person, company: Company, client: Client) -> Consent | None:
@@ -131,10 +141,12 @@ def what_to_ask(
     authorization_details: list[dict[str, Any]] | None = None,
     purpose: str | None = None,
     force: bool = False,
+    given: Consent | Unread | None = UNREAD,
 ) -> ConsentAsk | None:
     """What the person must consent to for this request, or None when the live consent
     covers every scope, every category and every purpose asked (``force``: ask anyway, as
-    ``prompt=consent`` does). Nothing to release (``openid`` alone) asks nothing."""
+    ``prompt=consent`` does). Nothing to release (``openid`` alone) asks nothing.
+    ``given``: the live consent (or None), when the caller has read it already."""
     scopes = [s for s in dict.fromkeys(scope.split()) if s not in NO_CONSENT_SCOPES]
     categories = sorted(categories_of(None, authorization_details), key=CATEGORIES.index)
     if not scopes and not categories:
@@ -145,7 +157,7 @@ def what_to_ask(
     ask = ConsentAsk(scopes, categories, purposes, consent_expiry(authorization_details))
     if force:
         return ask
-    consent = live_consent(person, company, client)
+    consent = live_consent(person, company, client) if given is UNREAD else given
     if consent is None:
         return ask
     granted = set(consent.scopes.split()) | categories_of(None, consent.authorization_details)

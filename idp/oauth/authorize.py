@@ -20,10 +20,11 @@ from sqlalchemy import select
 from idp.authn.models import LoginSession
 from idp.clients.models import Client
 from idp.consent import services as consent
+from idp.consent.models import Consent
 from idp.db import utcnow
 from idp.delegation import services as delegation
 from idp.delegation.services import AgentOption
-from idp.extensions import db
+from idp.extensions import commit_keeping_loaded, db
 from idp.oauth import par
 from idp.oauth.claims import Principal, claims_param_scopes, parse_claims_request
 from idp.oauth.models import PendingAuthorization
@@ -188,7 +189,7 @@ def start(values: dict[str, list[str]]) -> tuple[str, PendingAuthorization] | Cl
         expires_at=utcnow() + dt.timedelta(seconds=PENDING_TTL),
     )
     db.session.add(pending)
-    db.session.commit()
+    commit_keeping_loaded()  # the view goes on with it (resume)
     return handle, pending
 
 
@@ -274,8 +275,19 @@ def active_companies(person: Person, client: Client) -> list[tuple[Company, list
     return options
 
 
-def resume(handle: str, session: LoginSession | None) -> Outcome:
-    """Take the pending authorization as far as it can go for this browser session."""
+def _client_of(pending: PendingAuthorization) -> Client | None:
+    """The pending request's client, from the worker's client cache when it can."""
+    cached = _server().query_client(pending.params.get("client_id"))
+    if cached is not None and cached.id == pending.client_id:
+        return cached
+    return db.session.get(Client, pending.client_id)
+
+
+def resume(
+    handle: str, session: LoginSession | None, *, pending: PendingAuthorization | None = None
+) -> Outcome:
+    """Take the pending authorization as far as it can go for this browser session
+    (``pending``: its record, when the caller has just read or written it)."""
     from authlib.oauth2.rfc6749 import AccessDeniedError
     from authlib.oidc.core.errors import (
         AccountSelectionRequiredError,
@@ -283,9 +295,10 @@ def resume(handle: str, session: LoginSession | None) -> Outcome:
         LoginRequiredError,
     )
 
-    pending = find_pending(handle)
+    if pending is None:
+        pending = find_pending(handle)
     prompts = _prompts(pending)
-    client = db.session.get(Client, pending.client_id)
+    client = _client_of(pending)
     if client is None or not client.is_active:
         raise AuthorizationPageError(
             "unauthorized_client", "This service is no longer registered with Corp ID."
@@ -338,6 +351,7 @@ def resume(handle: str, session: LoginSession | None) -> Outcome:
     details = parse_authorization_details(
         pending.params.get("authorization_details"), client.scopes
     )
+    given = consent.live_consent(person, company, client)
     ask = None
     if pending.consented_at is None:
         ask = consent.what_to_ask(
@@ -348,6 +362,7 @@ def resume(handle: str, session: LoginSession | None) -> Outcome:
             authorization_details=details,
             purpose=check_purpose_param(pending.params.get("purpose")),
             force="consent" in prompts,
+            given=given,
         )
     if ask is not None:
         if "none" in prompts:
@@ -362,7 +377,7 @@ def resume(handle: str, session: LoginSession | None) -> Outcome:
             purposes=ask.purposes,
             expires_at=ask.expires_at,
         )
-    return _issue_code(pending, session, person, company, roles, agent, details)
+    return _issue_code(pending, session, client, person, company, roles, agent, details, given)
 
 
 def choose_company(
@@ -430,19 +445,21 @@ def decide_consent(
 def _issue_code(
     pending: PendingAuthorization,
     session: LoginSession,
+    client: Client,
     person: Person,
     company: Company,
     roles: list[str],
-    agent: Company | None = None,
-    authorization_details: list[dict[str, Any]] | None = None,
+    agent: Company | None,
+    authorization_details: list[dict[str, Any]] | None,
+    given: Consent | None,
 ) -> ClientRedirect:
     server = _server()
     request = StoredOAuth2Request(pending.params, _request_uri())
-    # Read by grants.save_authorization_code: the consent relied on and the details granted.
-    client = db.session.get(Client, pending.client_id)
-    given = consent.live_consent(person, company, client) if client is not None else None
+    # Read by grants.save_authorization_code: the consent relied on, the details granted and
+    # the session signed in with.
     request.consent_id = given.id if given is not None else None
     request.authorization_details = authorization_details
+    request.login_session_id = session.id
     try:
         grant = server.get_authorization_grant(request)
         redirect_uri = grant.validate_authorization_request()

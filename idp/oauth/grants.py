@@ -69,7 +69,7 @@ def generate_token(
     if scope:
         token["scope"] = scope
     if user is not None and user.grant_id is not None:
-        grant = db.session.get(tokens.Grant, user.grant_id)
+        grant = _grant_of(user)
         if grant is not None and jkt and grant_type == "authorization_code":
             grant.cnf_jkt = jkt  # the family's refresh tokens are bound to the key too
         if grant is not None and include_refresh_token:
@@ -77,7 +77,7 @@ def generate_token(
     if user is not None and user.authorization_details:
         token["authorization_details"] = user.authorization_details  # RFC 9396 §7
     if user is not None and user.grant_id is not None:
-        receipt = _consent_receipt(user.grant_id)
+        receipt = _consent_receipt(user)
         if receipt:
             token["consent_receipt"] = receipt
     if user is not None:
@@ -137,11 +137,24 @@ def _bound_jkt(request: OAuth2Request) -> str | None:
     return None
 
 
-def _consent_receipt(grant_id: int) -> str | None:
+def keep_grant(grant: tokens.Grant) -> None:
+    """Hold the grant this token request works on for ``generate_token`` (the session's
+    identity map holds objects weakly: without this, reading it again is a query)."""
+    g.idp_grant = grant
+
+
+def _grant_of(principal: Principal) -> tokens.Grant | None:
+    kept: tokens.Grant | None = g.get("idp_grant")
+    if kept is not None and kept.id == principal.grant_id:
+        return kept
+    return db.session.get(tokens.Grant, principal.grant_id)
+
+
+def _consent_receipt(principal: Principal) -> str | None:
     """The latest signed receipt of the consent a grant was issued under."""
     from idp.consent.receipts import latest_receipt
 
-    grant = db.session.get(tokens.Grant, grant_id)
+    grant = _grant_of(principal)
     return latest_receipt(grant.consent_id) if grant is not None else None
 
 
@@ -197,8 +210,9 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         principal: Principal = request.user
         data = request.payload.data
         auth_time = dt.datetime.fromtimestamp(principal.auth_time or time.time(), dt.UTC)
-        session_id = None
-        if principal.sid:
+        # Set by idp.oauth.authorize, which has the session at hand.
+        session_id: int | None = getattr(request, "login_session_id", None)
+        if session_id is None and principal.sid:
             session_id = db.session.scalar(
                 select(LoginSession.id).where(LoginSession.sid == principal.sid)
             )
@@ -237,78 +251,86 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             or len(code) > 100
         ):
             return None
-        row = db.session.scalars(
-            select(AuthorizationCode).where(AuthorizationCode.code_hash == digest(code))
-        ).first()
-        if row is None or row.client_id != client.id:
-            return None
         now = utcnow()
-        claimed = db.session.execute(
+        # The happy path is one statement: claim the code if it is this client's, unused and
+        # live, and read it back.
+        row = db.session.scalars(
             update(AuthorizationCode)
             .where(
-                AuthorizationCode.id == row.id,
+                AuthorizationCode.code_hash == digest(code),
+                AuthorizationCode.client_id == client.id,
                 AuthorizationCode.used_at.is_(None),
                 AuthorizationCode.expires_at > now,
             )
             .values(used_at=now)
-        )
-        if getattr(claimed, "rowcount", 0) != 1:
-            db.session.rollback()
-            row = db.session.get(AuthorizationCode, row.id)
-            if row is not None and row.used_at is not None and row.grant_id is not None:
-                tokens.revoke_grant(
-                    row.grant_id, reason="code_reuse", actor=f"client:{client.client_id}"
-                )
-            return None
-        return row
+            .returning(AuthorizationCode)
+            .execution_options(synchronize_session=False)
+        ).first()
+        if row is not None:
+            return row
+        db.session.rollback()
+        used = db.session.scalars(
+            select(AuthorizationCode).where(AuthorizationCode.code_hash == digest(code))
+        ).first()
+        if (
+            used is not None
+            and used.client_id == client.id
+            and used.used_at is not None
+            and used.grant_id is not None
+        ):
+            tokens.revoke_grant(
+                used.grant_id, reason="code_reuse", actor=f"client:{client.client_id}"
+            )
+        return None
 
     def delete_authorization_code(self, authorization_code: AuthorizationCode) -> None:
         principal: Principal = self.request.user
         authorization_code.grant_id = principal.grant_id
 
     def authenticate_user(self, authorization_code: AuthorizationCode) -> Principal | None:
-        from idp.authn.models import LoginSession
-        from idp.orgs.models import Company, Person
-
-        person = db.session.get(Person, authorization_code.person_id)
-        company = db.session.get(Company, authorization_code.company_id)
-        if person is None or company is None:
+        code = authorization_code
+        parties = tokens.load_parties(
+            person_id=code.person_id,
+            company_id=code.company_id,
+            agent_company_id=code.agent_company_id,
+            session_id=code.session_id,
+            consent_id=code.consent_id,
+        )
+        if parties is None:
             return None
         security_key_id = None
-        if authorization_code.session_id is not None:
-            session = db.session.get(LoginSession, authorization_code.session_id)
-            if session is None or session.ended_at is not None:
+        if code.session_id is not None:
+            if parties.session is None or parties.session.ended_at is not None:
                 return None
-            security_key_id = session.security_key_id
+            security_key_id = parties.session.security_key_id
         consent_expires_at = None
-        if authorization_code.consent_id is not None:
-            from idp.consent.models import Consent
+        if code.consent_id is not None:
             from idp.consent.services import LIVE, status
 
-            consent = db.session.get(Consent, authorization_code.consent_id)
-            if consent is None or status(consent) != LIVE:
+            if parties.consent is None or status(parties.consent) != LIVE:
                 return None  # revoked or expired since the code was issued: nothing released
-            consent_expires_at = consent.expires_at
+            consent_expires_at = parties.consent.expires_at
         grant = tokens.create_grant(
             client=self.request.client,
-            person=person,
-            company=company,
-            scope=authorization_code.scope,
-            session_id=authorization_code.session_id,
+            person=parties.person,
+            company=parties.company,
+            scope=code.scope,
+            session_id=code.session_id,
             security_key_id=security_key_id,
-            auth_time=authorization_code.auth_time,
-            acr=authorization_code.acr,
-            amr=list(authorization_code.amr),
-            claims_request=authorization_code.claims_request,
-            agent_company_id=authorization_code.agent_company_id,
-            authorization_details=authorization_code.authorization_details,
-            consent_id=authorization_code.consent_id,
+            auth_time=code.auth_time,
+            acr=code.acr,
+            amr=list(code.amr),
+            claims_request=code.claims_request,
+            agent_company_id=code.agent_company_id,
+            authorization_details=code.authorization_details,
+            consent_id=code.consent_id,
             consent_expires_at=consent_expires_at,
         )
-        principal = tokens.principal_for_grant(grant)
+        principal = tokens.principal_from(parties, grant, client=self.request.client)
         if principal is None:
             return None
-        self.request.authorization_code = authorization_code
+        keep_grant(grant)
+        self.request.authorization_code = code
         return principal
 
 
@@ -384,7 +406,8 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         return found
 
     def authenticate_user(self, refresh_token: tokens.RefreshTokenRecord) -> Principal | None:
-        principal = tokens.principal_for_grant(refresh_token.grant)
+        principal = tokens.principal_for_grant(refresh_token.grant, client=self.request.client)
+        keep_grant(refresh_token.grant)
         if principal is None:
             raise InvalidGrantError(
                 "The person, company or membership behind this refresh token is no longer active."

@@ -148,34 +148,108 @@ def new_refresh_token(grant: Grant) -> str:
     return token
 
 
-def principal_for_grant(grant: Grant) -> Principal | None:
+@dataclass
+class Parties:
+    """Who a grant (or a code about to become one) speaks for, read in one statement: the
+    person, the company, the agent company (third-party authorisation), the membership the
+    person acts through, and the sign-in session and consent it was issued under."""
+
+    person: Person
+    company: Company
+    agent: Company | None
+    membership: Membership | None
+    session: Any  # LoginSession | None (idp.authn imports this module's callers)
+    consent: Any  # Consent | None
+
+
+def _parties_statement() -> Any:
+    from idp.authn.models import LoginSession
+    from idp.consent.models import Consent
+
+    agent = aliased(Company)
+    # Built once: the login path runs it on every code redemption. A missing id (None) matches
+    # nothing in the outer joins (``= NULL``), which is what an absent party means.
+    return (
+        select(Person, Company, agent, Membership, LoginSession, Consent)
+        .select_from(Person)
+        .join(Company, Company.id == bindparam("company_id"))
+        .outerjoin(agent, agent.id == bindparam("agent_company_id"))
+        .outerjoin(
+            Membership,
+            (Membership.person_id == Person.id) & (Membership.company_id == bindparam("member_of")),
+        )
+        .outerjoin(LoginSession, LoginSession.id == bindparam("session_id"))
+        .outerjoin(Consent, Consent.id == bindparam("consent_id"))
+        .where(Person.id == bindparam("person_id"))
+    )
+
+
+_PARTIES: list[Any] = []
+
+
+def load_parties(
+    *,
+    person_id: int,
+    company_id: int,
+    agent_company_id: int | None,
+    session_id: int | None,
+    consent_id: int | None = None,
+) -> Parties | None:
+    """One query for the parties of a grant; None when the person or company is gone."""
+    if not _PARTIES:
+        _PARTIES.append(_parties_statement())
+    row = db.session.execute(
+        _PARTIES[0],
+        {
+            "person_id": person_id,
+            "company_id": company_id,
+            "agent_company_id": agent_company_id,
+            # An agent acts through their membership of the agent company.
+            "member_of": agent_company_id if agent_company_id is not None else company_id,
+            "session_id": session_id,
+            "consent_id": consent_id,
+        },
+    ).first()
+    if row is None:
+        return None
+    return Parties(*row)
+
+
+def principal_for_grant(grant: Grant, *, client: Client | None = None) -> Principal | None:
     """Rebuild the principal of a grant, or None if the person, company or membership is no
     longer active (their tokens must not be refreshed), nor the e-service authorisation a
-    members-only client needs, nor the third-party authorisation of an agent's grant."""
+    members-only client needs, nor the third-party authorisation of an agent's grant.
+    ``client``: the grant's client when the caller has it (saves a read)."""
+    parties = load_parties(
+        person_id=grant.person_id,
+        company_id=grant.company_id,
+        agent_company_id=grant.agent_company_id,
+        session_id=grant.session_id,
+    )
+    if parties is None:
+        return None
+    return principal_from(parties, grant, client=client)
+
+
+def principal_from(
+    parties: Parties, grant: Grant, *, client: Client | None = None
+) -> Principal | None:
+    """The principal of ``grant`` from its loaded ``parties`` (see ``principal_for_grant``)."""
     from idp.delegation import services as delegation
 
-    person = db.session.get(Person, grant.person_id)
-    company = db.session.get(Company, grant.company_id)
-    client = db.session.get(Client, grant.client_id)
-    if person is None or company is None or not person.is_active or not company.is_active:
+    person, company, agent = parties.person, parties.company, parties.agent
+    if not person.is_active or not company.is_active:
         return None
+    if client is None or client.id != grant.client_id:
+        client = db.session.get(Client, grant.client_id)
     if client is None:
         return None
-    agent = None
     # An agent acts through their membership of the agent company, not of the principal.
-    member_of = grant.company_id
-    if grant.agent_company_id is not None:
-        agent = db.session.get(Company, grant.agent_company_id)
-        if agent is None or not delegation.agent_may_act(
-            person.id, company.id, agent.id, client.id
-        ):
-            return None
-        member_of = agent.id
-    membership = db.session.scalars(
-        select(Membership).where(
-            Membership.person_id == person.id, Membership.company_id == member_of
-        )
-    ).first()
+    if grant.agent_company_id is not None and (
+        agent is None or not delegation.agent_may_act(person.id, company.id, agent.id, client.id)
+    ):
+        return None
+    membership = parties.membership
     if membership is None or not membership.is_active:
         return None
     authorisations: list[str] = []
@@ -184,12 +258,6 @@ def principal_for_grant(grant: Grant) -> Principal | None:
         if held is None and client.members_authorised_only:
             return None
         authorisations = held or []
-    from idp.authn.models import LoginSession
-
-    sid = None
-    if grant.session_id is not None:
-        session = db.session.get(LoginSession, grant.session_id)
-        sid = session.sid if session else None
     return Principal(
         person=person,
         company=company,
@@ -199,7 +267,7 @@ def principal_for_grant(grant: Grant) -> Principal | None:
         agent=agent,
         grant_id=grant.id,
         gid=grant.gid,
-        sid=sid,
+        sid=parties.session.sid if parties.session is not None else None,
         auth_time=int(grant.auth_time.timestamp()),
         acr=grant.acr,
         amr=list(grant.amr),

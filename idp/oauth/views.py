@@ -46,9 +46,9 @@ def authorize() -> Response:
         started = flow.start(values)
         if isinstance(started, flow.ClientRedirect):
             return _client_redirect(started)
-        handle, _ = started
+        handle, pending = started
         _remember_pending(handle)
-        return _render(flow.resume(handle, current_login_session()))
+        return _render(flow.resume(handle, current_login_session(), pending=pending))
     except flow.AuthorizationPageError as exc:
         return page_error(exc.status, _title(exc.error), exc.description)
 
