@@ -190,13 +190,12 @@ def finish_operator_enrolment(
     the key is refused. Raises ``WebAuthnError``, ``AttestationRefused``, ``NotFoundError``."""
     invitation = find_operator_invitation(token)
     cred, facts = wa.read_registration(credential)
-    row = ceremonies.claim_challenge(
+    data = ceremonies.claim_challenge(
         facts.challenge,
         ceremony=ceremonies.REGISTER,
         binding=binding,
         scope=f"operator-invitation:{invitation.id}",
     )
-    data = dict(row.data)
     if data.get("operator_invitation_id") != invitation.id:
         raise wa.WebAuthnError("This enrolment attempt is not for this invitation.")
     in_use = wa.WebAuthnError(

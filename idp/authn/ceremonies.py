@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import current_app
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from idp import cache
@@ -116,42 +116,33 @@ def issue_challenge(*, ceremony: str, binding: str, scope: str, data: dict[str, 
     return challenge
 
 
-def claim_challenge(
-    challenge: bytes, *, ceremony: str, binding: str, scope: str
-) -> WebAuthnChallenge:
-    """The stored challenge, claimed for this use (one conditional UPDATE, committed): a
-    second use, another browser, another ceremony or an expired one is refused."""
-    refused = wa.WebAuthnError(
-        "This sign-in attempt has expired or was already used. Try again.", reason="challenge"
-    )
-    row = db.session.scalar(
-        select(WebAuthnChallenge).where(
-            WebAuthnChallenge.challenge_hash == digest(wa.b64url_encode(challenge))
-        )
-    )
+def claim_challenge(challenge: bytes, *, ceremony: str, binding: str, scope: str) -> dict[str, Any]:
+    """Claim the stored challenge for this use (one conditional UPDATE, committed) and return
+    its ``data``: a second use, another browser, another ceremony or an expired one is
+    refused (``WebAuthnError``)."""
+    # One statement: claimed only if it is this challenge, for this ceremony and browser,
+    # unused and live; what the verify step needs comes back with it.
     now = utcnow()
-    if (
-        row is None
-        or row.ceremony != ceremony
-        or not secrets.compare_digest(row.binding_hash, _binding_hash(ceremony, binding, scope))
-        or row.expires_at <= now
-        or row.used_at is not None
-    ):
-        db.session.rollback()
-        raise refused
-    claimed = db.session.execute(
+    data = db.session.scalar(
         update(WebAuthnChallenge)
-        .where(WebAuthnChallenge.id == row.id, WebAuthnChallenge.used_at.is_(None))
+        .where(
+            WebAuthnChallenge.challenge_hash == digest(wa.b64url_encode(challenge)),
+            WebAuthnChallenge.ceremony == ceremony,
+            WebAuthnChallenge.binding_hash == _binding_hash(ceremony, binding, scope),
+            WebAuthnChallenge.expires_at > now,
+            WebAuthnChallenge.used_at.is_(None),
+        )
         .values(used_at=now)
+        .returning(WebAuthnChallenge.data)
         .execution_options(synchronize_session=False)
     )
-    # Detached with what was read, so the commit does not expire it (no second SELECT when
-    # the caller reads ``data``).
-    db.session.expunge(row)
     db.session.commit()
-    if getattr(claimed, "rowcount", 0) != 1:
-        raise refused
-    return row
+    if data is None:
+        raise wa.WebAuthnError(
+            "This sign-in attempt has expired or was already used. Try again.",
+            reason="challenge",
+        )
+    return dict(data)
 
 
 def purge_expired_challenges() -> int:
@@ -304,10 +295,9 @@ def _finish_enrolment(
 ) -> SignedIn:
     cred, facts = wa.read_registration(credential)
     seen["facts"] = facts
-    row = claim_challenge(
+    data = claim_challenge(
         facts.challenge, ceremony=REGISTER, binding=binding, scope=f"invitation:{invitation.id}"
     )
-    data = dict(row.data)
     if data.get("person_id") is not None:
         seen["person_subject"] = data.get("subject")
     if data.get("invitation_id") != invitation.id:
@@ -452,6 +442,14 @@ def finish_login(
         raise
 
 
+# The presented key and its person, one statement built once (every sign-in runs it).
+_KEY_AND_PERSON = (
+    select(SecurityKey, Person)
+    .join(Person, Person.id == SecurityKey.person_id)
+    .where(SecurityKey.credential_id == bindparam("credential_id"))
+)
+
+
 def _finish_login(
     credential: object,
     binding: str,
@@ -460,25 +458,21 @@ def _finish_login(
     person_id: list[int | None],
 ) -> SignedIn:
     cred, facts = wa.read_assertion(credential)
-    row = claim_challenge(facts.challenge, ceremony=LOGIN, binding=binding, scope=scope)
-    key = db.session.scalar(
-        select(SecurityKey).where(SecurityKey.credential_id == facts.credential_id)
-    )
+    data = claim_challenge(facts.challenge, ceremony=LOGIN, binding=binding, scope=scope)
+    found = db.session.execute(_KEY_AND_PERSON, {"credential_id": facts.credential_id}).first()
     unknown = wa.WebAuthnError(
         "This security key is not registered with Corp ID.", reason="unknown_credential"
     )
-    if key is None:
+    if found is None:
         raise unknown
+    key, person = found
     person_id[0] = key.person_id
-    allowed = list(row.data.get("allow") or [])
+    allowed = list(data.get("allow") or [])
     if allowed and wa.b64url_encode(key.credential_id) not in allowed:
         raise wa.WebAuthnError(
             "This security key is not one of the keys of the account named.",
             reason="not_allowed",
         )
-    person = db.session.get(Person, key.person_id)
-    if person is None:
-        raise unknown
     if key.revoked_at is not None:
         raise wa.WebAuthnError("This security key has been revoked.", reason="revoked")
     if not person.is_active:

@@ -84,10 +84,10 @@ def _body() -> dict[str, Any]:
     return body
 
 
-def _pending_handle(handle: object) -> tuple[str, PendingAuthorization]:
-    """A pending authorization this browser started and that is still live: ``(handle,
-    pending)``, the row read once per request."""
-    from idp.oauth import authorize as flow
+def _bound_handle(handle: object) -> str:
+    """The handle of a pending authorization this browser started (its Flask session lists
+    it). Whether the authorization is still live is for the step that needs its record:
+    the sign-in options (``_pending_handle``) and ``/authorize/continue``."""
     from idp.oauth.views import PENDING_SESSION_KEY
 
     if not isinstance(handle, str) or handle not in session.get(PENDING_SESSION_KEY, []):
@@ -95,6 +95,15 @@ def _pending_handle(handle: object) -> tuple[str, PendingAuthorization]:
             "This sign-in request belongs to another browser window or has expired. "
             "Start again from the site you came from."
         )
+    return handle
+
+
+def _pending_handle(handle: object) -> tuple[str, PendingAuthorization]:
+    """A pending authorization this browser started and that is still live: ``(handle,
+    pending)``, the row read once per request."""
+    from idp.oauth import authorize as flow
+
+    handle = _bound_handle(handle)
     try:
         pending = flow.find_pending(handle)
     except flow.AuthorizationPageError as exc:
@@ -117,7 +126,7 @@ def _limit_enrolment() -> None:
 def login() -> Response:
     """The hardware-key sign-in page for a pending authorization (from ``/authorize``)."""
     try:
-        handle, _ = _pending_handle(request.args.get("h"))
+        handle = _bound_handle(request.args.get("h"))
     except ValidationError as exc:
         return page_error(400, "Invalid request", exc.message)
     _binding()
@@ -143,7 +152,9 @@ def login_options() -> Response:
 def login_verify() -> Response:
     """Verify the assertion; on success renew the session cookie and continue the authorization."""
     body = _body()
-    handle, _ = _pending_handle(body.get("h"))
+    # The challenge is bound to this browser and this handle; /authorize/continue checks that
+    # the authorization is still live.
+    handle = _bound_handle(body.get("h"))
     done = ceremonies.finish_login(
         credential=body.get("credential"),
         binding=_binding(),

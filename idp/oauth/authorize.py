@@ -15,7 +15,7 @@ from typing import Any
 
 from authlib.oauth2.rfc6749 import OAuth2Error
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from idp.authn.models import LoginSession
 from idp.clients.models import Client
@@ -193,6 +193,12 @@ def start(values: dict[str, list[str]]) -> tuple[str, PendingAuthorization] | Cl
     return handle, pending
 
 
+# Built once: each step of a sign-in reads its pending authorization.
+_PENDING_BY_HANDLE = select(PendingAuthorization).where(
+    PendingAuthorization.handle_hash == bindparam("handle_hash")
+)
+
+
 def find_pending(handle: str | None) -> PendingAuthorization:
     """The live pending authorization for a handle, or ``AuthorizationPageError``."""
     if not handle or not handle.startswith(PENDING_PREFIX) or len(handle) > 100:
@@ -200,9 +206,7 @@ def find_pending(handle: str | None) -> PendingAuthorization:
             "invalid_request",
             "This sign-in request is not known. Start again from the site you came from.",
         )
-    pending = db.session.scalars(
-        select(PendingAuthorization).where(PendingAuthorization.handle_hash == digest(handle))
-    ).first()
+    pending = db.session.scalars(_PENDING_BY_HANDLE, {"handle_hash": digest(handle)}).first()
     if pending is None or pending.completed_at is not None or pending.expires_at <= utcnow():
         raise AuthorizationPageError(
             "invalid_request",
