@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from idp.clients.models import Client
 from idp.consent.models import Consent, ConsentReceipt
@@ -78,16 +78,20 @@ def issue(consent: Consent, *, event: str) -> ConsentReceipt:
     return row
 
 
+# Built once: every token response under a consent carries its latest receipt.
+_LATEST = (
+    select(ConsentReceipt.receipt)
+    .where(ConsentReceipt.consent_id == bindparam("consent_id"))
+    .order_by(ConsentReceipt.id.desc())
+    .limit(1)
+)
+
+
 def latest_receipt(consent_id: int | None) -> str | None:
     """The latest receipt (the JWT) of the consent with this internal id, if any."""
     if consent_id is None:
         return None
-    return db.session.scalar(
-        select(ConsentReceipt.receipt)
-        .where(ConsentReceipt.consent_id == consent_id)
-        .order_by(ConsentReceipt.id.desc())
-        .limit(1)
-    )
+    return db.session.scalar(_LATEST, {"consent_id": consent_id})
 
 
 def issued_consent_id(row: ConsentReceipt) -> str | None:

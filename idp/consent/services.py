@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from idp.audit.services import Origin, record
 from idp.clients.models import Client
@@ -56,13 +56,18 @@ def status(consent: Consent, *, now: dt.datetime | None = None) -> str:
     return LIVE
 
 
+# Built once: every authorization that reaches a company asks it.
+_CONSENT_OF = select(Consent).where(
+    Consent.person_id == bindparam("person_id"),
+    Consent.company_id == bindparam("company_id"),
+    Consent.client_id == bindparam("client_id"),
+)
+
+
 def _find(person: Person, company: Company, client: Client) -> Consent | None:
     return db.session.scalars(
-        select(Consent).where(
-            Consent.person_id == person.id,
-            Consent.company_id == company.id,
-            Consent.client_id == client.id,
-        )
+        _CONSENT_OF,
+        {"person_id": person.id, "company_id": company.id, "client_id": client.id},
     ).first()
 
 

@@ -263,20 +263,51 @@ def hint_matches(pending: PendingAuthorization, session: LoginSession) -> bool:
     return bool(claims.get("sub") == subject_for(client, person))
 
 
-def active_companies(person: Person, client: Client) -> list[tuple[Company, list[str]]]:
-    """Companies ``person`` may act for at ``client``: active membership, company live, and
-    for an "authorised members only" client a live e-service authorisation for it."""
-    rows = db.session.execute(
-        select(Company, Membership.roles)
+def _companies_statement() -> Any:
+    from idp.delegation.models import ThirdPartyAuthorisation as TPA
+
+    # Whether the person's membership of this company could make them an agent at the
+    # client: only then is the (costlier) agent query worth asking.
+    may_be_agent = (
+        select(TPA.id)
+        .where(
+            TPA.agent_company_id == Company.id,
+            TPA.client_id == bindparam("client_id"),
+            TPA.revoked_at.is_(None),
+            TPA.expires_at > bindparam("now"),
+        )
+        .exists()
+    )
+    return (
+        select(Company, Membership.roles, may_be_agent)
         .join(Membership, Membership.company_id == Company.id)
-        .where(Membership.person_id == person.id, Membership.status == "active")
+        .where(Membership.person_id == bindparam("person_id"), Membership.status == "active")
         .order_by(Company.name_en)
+    )
+
+
+_COMPANIES: list[Any] = []
+
+
+def companies_of(person: Person, client: Client) -> tuple[list[tuple[Company, list[str]]], bool]:
+    """``active_companies`` and whether the person may also act as an agent at ``client``
+    (a live third-party authorisation names one of their companies as agent), in one query."""
+    if not _COMPANIES:
+        _COMPANIES.append(_companies_statement())
+    rows = db.session.execute(
+        _COMPANIES[0], {"person_id": person.id, "client_id": client.id, "now": utcnow()}
     ).all()
-    options = [(company, list(roles)) for company, roles in rows if company.is_active]
+    options = [(company, list(roles)) for company, roles, _ in rows if company.is_active]
     if client.members_authorised_only and options:
         authorised = delegation.authorised_company_ids(person, client)
         options = [o for o in options if o[0].id in authorised]
-    return options
+    return options, any(agent for _, _, agent in rows)
+
+
+def active_companies(person: Person, client: Client) -> list[tuple[Company, list[str]]]:
+    """Companies ``person`` may act for at ``client``: active membership, company live, and
+    for an "authorised members only" client a live e-service authorisation for it."""
+    return companies_of(person, client)[0]
 
 
 def _client_of(pending: PendingAuthorization) -> Client | None:
@@ -314,8 +345,8 @@ def resume(
     assert session is not None
     person = db.session.get(Person, session.person_id)
     assert person is not None
-    options = active_companies(person, client)
-    agents = delegation.agent_options(person, client)
+    options, may_be_agent = companies_of(person, client)
+    agents = delegation.agent_options(person, client) if may_be_agent else []
     if not options and not agents:
         if client.members_authorised_only:
             return _fail(

@@ -292,6 +292,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         parties = tokens.load_parties(
             person_id=code.person_id,
             company_id=code.company_id,
+            client_id=code.client_id,
             agent_company_id=code.agent_company_id,
             session_id=code.session_id,
             consent_id=code.consent_id,

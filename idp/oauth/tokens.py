@@ -160,17 +160,23 @@ class Parties:
     membership: Membership | None
     session: Any  # LoginSession | None (idp.authn imports this module's callers)
     consent: Any  # Consent | None
+    # The person's live e-service roles for the client and company, sorted ([]: access without
+    # a named role), or None when they hold no live e-service authorisation there.
+    eservice_roles: list[str] | None = None
 
 
 def _parties_statement() -> Any:
     from idp.authn.models import LoginSession
     from idp.consent.models import Consent
+    from idp.delegation.models import EServiceAuthorisation as ESA
 
     agent = aliased(Company)
+    now: Any = bindparam("now")
     # Built once: the login path runs it on every code redemption. A missing id (None) matches
-    # nothing in the outer joins (``= NULL``), which is what an absent party means.
+    # nothing in the outer joins (``= NULL``), which is what an absent party means. One row
+    # per live e-service authorisation (the rest of each row is the same), at least one.
     return (
-        select(Person, Company, agent, Membership, LoginSession, Consent)
+        select(Person, Company, agent, Membership, LoginSession, Consent, ESA.id, ESA.role)
         .select_from(Person)
         .join(Company, Company.id == bindparam("company_id"))
         .outerjoin(agent, agent.id == bindparam("agent_company_id"))
@@ -180,6 +186,14 @@ def _parties_statement() -> Any:
         )
         .outerjoin(LoginSession, LoginSession.id == bindparam("session_id"))
         .outerjoin(Consent, Consent.id == bindparam("consent_id"))
+        .outerjoin(
+            ESA,
+            (ESA.person_id == Person.id)
+            & (ESA.company_id == Company.id)
+            & (ESA.client_id == bindparam("client_id"))
+            & ESA.revoked_at.is_(None)
+            & (ESA.expires_at.is_(None) | (ESA.expires_at > now)),
+        )
         .where(Person.id == bindparam("person_id"))
     )
 
@@ -191,28 +205,42 @@ def load_parties(
     *,
     person_id: int,
     company_id: int,
+    client_id: int,
     agent_company_id: int | None,
     session_id: int | None,
     consent_id: int | None = None,
 ) -> Parties | None:
-    """One query for the parties of a grant; None when the person or company is gone."""
+    """One query for the parties of a grant to ``client_id``; None when the person or company
+    is gone."""
     if not _PARTIES:
         _PARTIES.append(_parties_statement())
-    row = db.session.execute(
+    rows = db.session.execute(
         _PARTIES[0],
         {
             "person_id": person_id,
             "company_id": company_id,
+            "client_id": client_id,
             "agent_company_id": agent_company_id,
             # An agent acts through their membership of the agent company.
             "member_of": agent_company_id if agent_company_id is not None else company_id,
             "session_id": session_id,
             "consent_id": consent_id,
+            "now": utcnow(),
         },
-    ).first()
-    if row is None:
+    ).all()
+    if not rows:
         return None
-    return Parties(*row)
+    held = [(found, role) for *_, found, role in rows if found is not None]
+    person, company, agent, membership, session, consent, *_ = rows[0]
+    return Parties(
+        person,
+        company,
+        agent,
+        membership,
+        session,
+        consent,
+        eservice_roles=sorted({r for _, r in held if r}) if held else None,
+    )
 
 
 def principal_for_grant(grant: Grant, *, client: Client | None = None) -> Principal | None:
@@ -223,6 +251,7 @@ def principal_for_grant(grant: Grant, *, client: Client | None = None) -> Princi
     parties = load_parties(
         person_id=grant.person_id,
         company_id=grant.company_id,
+        client_id=grant.client_id,
         agent_company_id=grant.agent_company_id,
         session_id=grant.session_id,
     )
@@ -254,7 +283,7 @@ def principal_from(
         return None
     authorisations: list[str] = []
     if agent is None:
-        held = delegation.eservice_roles(person.id, company.id, client.id)
+        held = parties.eservice_roles
         if held is None and client.members_authorised_only:
             return None
         authorisations = held or []
