@@ -5,8 +5,8 @@ Many concurrent browsers-without-a-browser (an HTTP connection, a cookie jar and
 security key each) do the whole hardware-key login against ``idp serve`` on PostgreSQL with
 100,000 enrolled people:
 
-    GET /authorize (PKCE S256, state, nonce) -> 303 /login -> GET /login (page: handle, CSRF)
-    -> POST /login/options -> sign the assertion -> POST /login/verify -> GET /authorize/continue
+    GET /authorize (PKCE S256, state, nonce): the sign-in page (handle, CSRF, the first
+    request options) -> sign the assertion -> POST /login/verify -> GET /authorize/continue
     (one company: no question; consent already given, or --journey first: the consent page and
     its POST) -> 303 to the client with code, state, iss -> POST /token (code + verifier)
     -> an ID token whose iss, aud and nonce are checked.
@@ -31,6 +31,7 @@ import base64
 import contextlib
 import datetime as dt
 import hashlib
+import html
 import http.client
 import json
 import math
@@ -291,6 +292,7 @@ class Failed(Exception):
 
 
 _HANDLE = re.compile(r'id="webauthn"[^>]*?data-handle="([^"]+)"[^>]*?data-csrf="([^"]+)"', re.S)
+_OPTIONS = re.compile(r'id="webauthn"[^>]*?data-public-key="([^"]+)"', re.S)
 _CONSENT_CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
@@ -332,23 +334,30 @@ class Browser:
                            "nonce": nonce, "code_challenge": challenge,
                            "code_challenge_method": "S256"})
         t = clock()
-        status, headers, _ = self.request("GET", f"/authorize?{query}")
-        if status != 303 or "/login?" not in headers.get("location", ""):
-            raise Failed("authorize", f"status {status}")
-        t, times["authorize"] = clock(), times.get("authorize", 0.0) + clock() - t
-        status, headers, page = self.request("GET", _path(headers["location"]))
+        status, headers, page = self.request("GET", f"/authorize?{query}")
+        if status == 303 and "/login?" in headers.get("location", ""):
+            # A provider that sends the browser to a separate sign-in page.
+            t, times["authorize"] = clock(), times.get("authorize", 0.0) + clock() - t
+            status, headers, page = self.request("GET", _path(headers["location"]))
+            step = "login_page"
+        else:
+            step = "authorize"  # the sign-in page is the authorization endpoint's answer
         found = _HANDLE.search(page.decode())
         if status != 200 or not found:
-            raise Failed("login_page", f"status {status}")
+            raise Failed(step, f"status {status}")
         handle, csrf = found.group(1), found.group(2)
-        t, times["login_page"] = clock(), times.get("login_page", 0.0) + clock() - t
+        embedded = _OPTIONS.search(page.decode())
+        t, times[step] = clock(), times.get(step, 0.0) + clock() - t
         api = {"Content-Type": "application/json", "X-CSRFToken": csrf}
-        status, _, data = self.request("POST", "/login/options", headers=api,
-                                       body=json.dumps({"h": handle}).encode())
-        if status != 200:
-            raise Failed("options", f"status {status} {data[:120]!r}")
-        options = json.loads(data)["publicKey"]
-        t, times["options"] = clock(), times.get("options", 0.0) + clock() - t
+        if embedded:  # the page carries its first options, as the page's script uses them
+            options = json.loads(html.unescape(embedded.group(1)))["publicKey"]
+        else:
+            status, _, data = self.request("POST", "/login/options", headers=api,
+                                           body=json.dumps({"h": handle}).encode())
+            if status != 200:
+                raise Failed("options", f"status {status} {data[:120]!r}")
+            options = json.loads(data)["publicKey"]
+            t, times["options"] = clock(), times.get("options", 0.0) + clock() - t
         assertion = self.assertion(person, options)
         status, _, data = self.request("POST", "/login/verify", headers=api, body=json.dumps(
             {"h": handle, "credential": assertion}).encode())

@@ -2,7 +2,9 @@
  *
  * No inline script (CSP): the page describes the ceremony with data-* attributes on
  * #webauthn: data-mode ("login" or "enrol"), data-options, data-verify (URLs), data-csrf,
- * data-handle (sign-in: the pending authorization). Messages live in the page, in its
+ * data-handle (sign-in: the pending authorization); a sign-in page may carry its first
+ * options in data-public-key, usable for data-fresh-for seconds after the page loaded (once:
+ * a retry asks data-options for a new challenge). Messages live in the page, in its
  * language, as elements with data-message="..." (hidden until needed); after a failed attempt
  * the button takes the label of [data-label="try-again"].
  *
@@ -139,7 +141,11 @@
     var controller = window.AbortController ? new AbortController() : null;
     button.disabled = true;
     say("waiting");
-    post(root.dataset.options, body).then(function (options) {
+    var first = embedded;
+    embedded = null;  // a challenge answers once: any retry asks for a new one
+    var asked = first && Date.now() < freshUntil ? Promise.resolve(first)
+                                                  : post(root.dataset.options, body);
+    asked.then(function (options) {
       var publicKey = enrol ? creationOptions(options.publicKey) : requestOptions(options.publicKey);
       waitMs = Number(options.publicKey.timeout) || 0;
       started = Date.now();
@@ -179,6 +185,17 @@
         say("failed", error.message);
       }
     });
+  }
+
+  var embedded = null;
+  var freshUntil = 0;
+  if (root.dataset.publicKey) {
+    try {
+      embedded = JSON.parse(root.dataset.publicKey);
+      freshUntil = Date.now() + 1000 * (Number(root.dataset.freshFor) || 0);
+    } catch (ignored) {
+      embedded = null;
+    }
   }
 
   (form || button).addEventListener(form ? "submit" : "click", run);

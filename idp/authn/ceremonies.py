@@ -76,7 +76,8 @@ def expected_origin() -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def _ttl() -> int:
+def challenge_ttl() -> int:
+    """Seconds a challenge may be answered (``IDP_WEBAUTHN_CHALLENGE_TTL``)."""
     return int(_cfg().get("WEBAUTHN_CHALLENGE_TTL", 300))
 
 
@@ -109,7 +110,7 @@ def issue_challenge(*, ceremony: str, binding: str, scope: str, data: dict[str, 
             binding_hash=_binding_hash(ceremony, binding, scope),
             data=data,
             created_at=now,
-            expires_at=now + dt.timedelta(seconds=_ttl()),
+            expires_at=now + dt.timedelta(seconds=challenge_ttl()),
         )
     )
     db.session.commit()

@@ -122,6 +122,23 @@ def _limit_enrolment() -> None:
 # --- sign-in ----------------------------------------------------------------------------------
 
 
+def login_page(handle: str, login_hint: str | None) -> Response:
+    """The sign-in page for the pending authorization ``handle``, shown where the
+    authorization asked for a sign-in (no redirect). It carries its first request options
+    (a challenge for this browser and this authorization), so the key is asked for without
+    another round trip; a retry, or a page older than the challenge, asks ``/login/options``."""
+    options = ceremonies.begin_login(
+        binding=_binding(), scope=f"authz:{handle}", login_hint=login_hint
+    )
+    return _page(
+        "authn/login.html",
+        handle=handle,
+        options=json.dumps({"publicKey": options}),
+        # Seconds the embedded challenge stays usable, with a margin for the round trip.
+        fresh_for=max(0, ceremonies.challenge_ttl() - 30),
+    )
+
+
 @bp.get("/login")
 def login() -> Response:
     """The hardware-key sign-in page for a pending authorization (from ``/authorize``)."""

@@ -19,7 +19,7 @@ from flask import (
 
 from idp import cache
 from idp.audit.services import Origin
-from idp.authn.views import current_login_session, session_cookie_name
+from idp.authn.views import current_login_session, login_page, session_cookie_name
 from idp.errors import api_view, json_error, page_error
 from idp.oauth import authorize as flow
 from idp.oauth import logout, resource
@@ -125,6 +125,10 @@ def _render(outcome: flow.Outcome, *, after_post: bool = False) -> Response:
     if isinstance(outcome, flow.ClientRedirect):
         return _client_redirect(outcome)
     if isinstance(outcome, flow.NeedLogin):
+        if not after_post:
+            # The sign-in page right here: one redirect and one request fewer.
+            use_ui_locales(outcome.ui_locales)
+            return login_page(outcome.handle, outcome.login_hint)
         args: dict[str, Any] = {"h": outcome.handle}
         if outcome.login_hint:
             args["login_hint"] = outcome.login_hint

@@ -295,3 +295,10 @@ def new_tab(chromium: Any, live: Live) -> Iterator[Callable[..., Tab]]:
     for context in contexts:
         context.close()
     assert not problems, problems
+
+
+def wait_for_sign_in(page: Any) -> None:
+    """Wait until the browser shows Corp ID's sign-in page (the authorization endpoint's
+    answer when no session will do)."""
+    page.locator('#webauthn[data-mode="login"]').wait_for()
+    page.wait_for_load_state("load")  # its (deferred) script is listening

@@ -31,7 +31,7 @@ from idp.db import utcnow
 from idp.extensions import db
 from idp.oauth import backchannel
 from idp.oauth.models import BackchannelDelivery
-from tests.e2e.conftest import Live, Tab
+from tests.e2e.conftest import Live, Tab, wait_for_sign_in
 from tests.e2e.test_journeys import first_login
 
 LOGOUT_EVENT = "http://schemas.openid.net/event/backchannel-logout"
@@ -187,7 +187,7 @@ def test_rp_initiated_logout_is_told_to_the_rp_by_back_channel(
 
     # The session is over at Corp ID: logging in again asks for the key.
     tab.page.get_by_role("link", name="Login with Corp ID").click()
-    tab.page.wait_for_url(re.compile(r"/login\?h="))
+    wait_for_sign_in(tab.page)
 
 
 def test_failing_rp_does_not_hold_the_logout_up_and_is_retried(

@@ -16,7 +16,7 @@ from idp.demo import DEMO_ADMIN_EMAIL
 from idp.extensions import db
 from idp.orgs import services as orgs
 from idp.orgs.models import Person
-from tests.e2e.conftest import Live, Tab
+from tests.e2e.conftest import Live, Tab, wait_for_sign_in
 
 
 def signed_in_admin(live: Live, tab: Tab) -> str:
@@ -78,7 +78,7 @@ def test_login_button_starts_a_code_flow_with_pkce_state_and_nonce(
     ):
         assert part in url, (part, url)
     # No session yet: Corp ID asks for the security key.
-    tab.page.wait_for_url(re.compile(r"/login\?h="))
+    wait_for_sign_in(tab.page)
 
 
 def test_signed_in_person_consents_once_then_logs_in_silently(
@@ -163,4 +163,4 @@ def test_rp_initiated_logout_ends_the_corp_id_session(
 
     # Corp ID's session is over: logging in again needs the key.
     page.get_by_role("link", name="Login with Corp ID").click()
-    page.wait_for_url(re.compile(r"/login\?h="))
+    wait_for_sign_in(page)

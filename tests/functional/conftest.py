@@ -442,6 +442,8 @@ def page_kind(response: requests.Response) -> str:
         return "redirect"
     if "text/html" not in response.headers.get("Content-Type", ""):
         return "other"
+    if 'id="webauthn" data-mode="login"' in response.text:
+        return "login"
     forms = parse_forms(response.text)
     for form in forms:
         if form.action.endswith("/authorize/consent"):
@@ -777,7 +779,7 @@ def key_sign_in(b: Browser, url: str, authenticator: Any, **get_kwargs: Any
 
     page = b.go(url)
     assert page.status_code == 200, (page.status_code, page.url)
-    assert "/login" in page.url, page.url
+    assert page_kind(page) == "login", page.url
     answer = ceremony.login(b.http, page, authenticator, **get_kwargs)
     assert answer.status_code == 200, answer.text[:300]
     return b.go(urljoin(page.url, answer.json()["next"]))

@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from urllib.parse import parse_qs, urlsplit
+from typing import Any
+from urllib.parse import urlsplit
 
 import jwt as pyjwt
 import pytest
+import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.functional.conftest import (
@@ -27,6 +29,8 @@ from tests.functional.conftest import (
     userinfo,
     verify_jwt,
 )
+from tests.support import ceremony
+from tests.support.authenticator import b64url
 
 SignedIn = Callable[..., tuple[PersonInfo, Browser]]
 
@@ -219,15 +223,30 @@ def test_ui_locales_survive_the_company_choice(live: Live, signed_in: SignedIn,
 
 # --- sign-in requirements ---------------------------------------------------------------------
 
-def test_no_session_goes_to_login(live: Live, browser: Callable[[], Browser],
-                                  make_client: Callable[..., RP]) -> None:
+def _sign_in_page(response: requests.Response) -> dict[str, Any]:
+    """The sign-in page's ceremony: its handle and its embedded first request options."""
+    assert response.status_code == 200, response.status_code
+    assert page_kind(response) == "login"
+    info = ceremony.ceremony_of(response)
+    assert info["handle"].startswith("cia_")
+    options: dict[str, Any] = json.loads(info["public-key"])["publicKey"]
+    info["publicKey"] = options
+    return info
+
+
+def test_no_session_shows_the_sign_in_page(live: Live, browser: Callable[[], Browser],
+                                           make_client: Callable[..., RP]) -> None:
     rp = make_client()
     _, challenge = pkce_pair()
-    response = browser().request("GET", authorize_url(live, rp, challenge=challenge))
-    assert response.status_code == 303
-    location = urlsplit(response.headers["Location"])
-    assert location.path == "/login"
-    assert parse_qs(location.query)["h"][0].startswith("cia_")
+    b = browser()
+    response = b.request("GET", authorize_url(live, rp, challenge=challenge))
+    # The authorization endpoint answers with the sign-in page itself, no redirect.
+    info = _sign_in_page(response)
+    options = info["publicKey"]
+    assert options["userVerification"] == "required"
+    assert options["rpId"] == urlsplit(live.issuer).hostname
+    assert not options.get("allowCredentials")  # usernameless
+    assert int(info["fresh-for"]) > 0
 
 
 @pytest.mark.parametrize("extra", [{"max_age": "0"}, {"prompt": "login"}])
@@ -239,8 +258,7 @@ def test_max_age_zero_and_prompt_login_force_sign_in(live: Live, signed_in: Sign
     _, challenge = pkce_pair()
     time.sleep(0.01)  # the session is strictly older than the request
     response = b.request("GET", authorize_url(live, rp, challenge=challenge, **extra))
-    assert response.status_code == 303
-    assert urlsplit(response.headers["Location"]).path == "/login"
+    _sign_in_page(response)
 
 
 def test_max_age_respected_when_recent(live: Live, signed_in: SignedIn,
@@ -253,16 +271,26 @@ def test_max_age_respected_when_recent(live: Live, signed_in: SignedIn,
     assert "code" in callback(response).params
 
 
-def test_login_hint_passes_through_to_login(live: Live, browser: Callable[[], Browser],
-                                            make_client: Callable[..., RP]) -> None:
+def test_login_hint_of_an_unknown_person_keeps_the_sign_in_usernameless(
+        live: Live, browser: Callable[[], Browser], make_client: Callable[..., RP]) -> None:
     rp = make_client()
     _, challenge = pkce_pair()
     response = browser().request("GET", authorize_url(live, rp, challenge=challenge,
-                                                      login_hint="tai.man@acme.example"))
-    assert response.status_code == 303
-    location = urlsplit(response.headers["Location"])
-    assert location.path == "/login"
-    assert parse_qs(location.query)["login_hint"] == ["tai.man@acme.example"]
+                                                      login_hint="nobody@acme.example"))
+    assert not _sign_in_page(response)["publicKey"].get("allowCredentials")
+
+
+def test_login_hint_of_a_known_person_lists_their_keys(
+        live: Live, browser: Callable[[], Browser], make_client: Callable[..., RP],
+        enrolled: Callable[..., Any]) -> None:
+    holder = enrolled()
+    rp = make_client()
+    _, challenge = pkce_pair()
+    response = browser().request("GET", authorize_url(live, rp, challenge=challenge,
+                                                      login_hint=holder.person.email))
+    listed = _sign_in_page(response)["publicKey"]["allowCredentials"]
+    held = [b64url(c.credential_id) for c in holder.authenticator.credentials]
+    assert [c["id"] for c in listed] == held
 
 
 def _foreign_rsa_token(live: Live, rp: RP, kid: str) -> str:

@@ -8,6 +8,7 @@ leaves to us (SECURITY.md), has a refusal here; a refusal is a JSON 4xx, audited
 from __future__ import annotations
 
 import datetime as dt
+import json
 import secrets
 import threading
 from collections.abc import Callable
@@ -59,7 +60,7 @@ def login_page(live: Live, make_client: Callable[..., RP], browser: Callable[[],
         _, challenge = pkce_pair()
         page = b.go(authorize_url(live, rp_holder[0], challenge=challenge, **params))
         assert page.status_code == 200, (page.status_code, page.url)
-        assert "/login" in page.url, page.url
+        assert page_kind(page) == "login", page.url
         return b, page
 
     return factory
@@ -105,9 +106,15 @@ def test_login_page_runs_the_external_script(holder: KeyHolder,
 def test_login_page_of_another_browser_is_refused(holder: KeyHolder, ctx: Live,
                                                   login_page: Callable[..., Any]) -> None:
     _, page = login_page()
+    handle = ceremony.ceremony_of(page)["handle"]
     other = Browser(ctx)
-    answer = other.request("GET", page.url)
+    # Its sign-in page and its options belong to the browser that started the authorization.
+    assert other.request("GET", ctx.url(f"/login?h={handle}")).status_code == 400
+    _, own = login_page(other)  # a valid CSRF token of its own
+    info = ceremony.ceremony_of(own)
+    answer = ceremony.post_json(other.http, info["options"], {"h": handle}, csrf=info["csrf"])
     assert answer.status_code == 400
+    assert "another browser" in answer.json()["error_description"]
     other.http.close()
 
 
@@ -159,6 +166,22 @@ def test_unknown_login_hint_gives_usernameless_options(holder: KeyHolder,
 
 
 # --- success ----------------------------------------------------------------------------------
+
+def test_the_sign_in_pages_own_options_sign_in_once(holder: KeyHolder,
+                                                    login_page: Callable[..., Any]) -> None:
+    b, page = login_page()
+    info = ceremony.ceremony_of(page)
+    embedded = json.loads(info["public-key"])["publicKey"]
+    assertion = holder.authenticator.get(embedded)
+    body = {"h": info["handle"], "credential": assertion}
+    answer = ceremony.post_json(b.http, info["verify"], body, csrf=info["csrf"])
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["next"].startswith("/authorize/continue?h=cia_")
+    # Its challenge answers once.
+    again = ceremony.post_json(b.http, info["verify"], body, csrf=info["csrf"])
+    assert "already used" in _refused(again)["error_description"]
+
+
 
 def test_sign_in_starts_a_session_and_updates_the_key(holder: KeyHolder, ctx: Live,
                                                       login_page: Callable[..., Any]) -> None:
