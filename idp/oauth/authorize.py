@@ -24,7 +24,7 @@ from idp.consent.models import Consent
 from idp.db import utcnow
 from idp.delegation import services as delegation
 from idp.delegation.services import AgentOption
-from idp.extensions import commit_keeping_loaded, db
+from idp.extensions import db
 from idp.oauth import par
 from idp.oauth.claims import Principal, claims_param_scopes, parse_claims_request
 from idp.oauth.models import PendingAuthorization
@@ -138,8 +138,8 @@ def _fail(
 
 def start(values: dict[str, list[str]]) -> tuple[str, PendingAuthorization] | ClientRedirect:
     """Validate an authorization request. Returns ``(handle, pending)`` for a valid request
-    or a ``ClientRedirect`` carrying the error; raises ``AuthorizationPageError`` when the
-    client or its redirect URI cannot be trusted."""
+    (flushed, for the caller to commit) or a ``ClientRedirect`` carrying the error; raises
+    ``AuthorizationPageError`` when the client or its redirect URI cannot be trusted."""
     if any("\x00" in k or any("\x00" in x for x in v) for k, v in values.items()):
         raise AuthorizationPageError("invalid_request", "The request contains a NUL character.")
     params = {k: v[0] for k, v in values.items() if v}
@@ -189,7 +189,9 @@ def start(values: dict[str, list[str]]) -> tuple[str, PendingAuthorization] | Cl
         expires_at=utcnow() + dt.timedelta(seconds=PENDING_TTL),
     )
     db.session.add(pending)
-    commit_keeping_loaded()  # the view goes on with it (resume)
+    # Written with what the request leads to (the sign-in page's challenge, a code, ...):
+    # the caller commits.
+    db.session.flush()
     return handle, pending
 
 

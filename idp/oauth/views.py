@@ -21,6 +21,7 @@ from idp import cache
 from idp.audit.services import Origin
 from idp.authn.views import current_login_session, login_page, session_cookie_name
 from idp.errors import api_view, json_error, page_error
+from idp.extensions import db
 from idp.oauth import authorize as flow
 from idp.oauth import logout, resource
 from idp.oauth.endpoints import userinfo_for
@@ -48,7 +49,11 @@ def authorize() -> Response:
             return _client_redirect(started)
         handle, pending = started
         _remember_pending(handle)
-        return _render(flow.resume(handle, current_login_session(), pending=pending))
+        response = _render(flow.resume(handle, current_login_session(), pending=pending))
+        # The pending authorization, committed with what it led to (the sign-in page's
+        # challenge, a code) or here.
+        db.session.commit()
+        return response
     except flow.AuthorizationPageError as exc:
         return page_error(exc.status, _title(exc.error), exc.description)
 
@@ -193,8 +198,6 @@ def _check_form_post() -> Response | None:
 
 
 def _finish(response: Response) -> Response:
-    from idp.extensions import db
-
     if response.status_code == 200:
         db.session.commit()
     else:
@@ -236,7 +239,6 @@ def revoke() -> Response:
 @api_view
 def pushed_authorization() -> Response:
     """RFC 9126 §2: push an authorization request; 201 with its single-use request_uri."""
-    from idp.extensions import db
     from idp.oauth import authorization, dpop, par
 
     refused = _check_form_post()
