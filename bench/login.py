@@ -6,9 +6,10 @@ security key each) do the whole hardware-key login against ``idp serve`` on Post
 100,000 enrolled people:
 
     GET /authorize (PKCE S256, state, nonce): the sign-in page (handle, CSRF, the first
-    request options) -> sign the assertion -> POST /login/verify -> GET /authorize/continue
-    (one company: no question; consent already given, or --journey first: the consent page and
-    its POST) -> 303 to the client with code, state, iss -> POST /token (code + verifier)
+    request options) -> sign the assertion -> POST /login/verify, whose answer sends the browser
+    straight to the client (one company, consent already given) or, --journey first, to GET
+    /authorize/continue: the consent page and its POST -> 303 to the client; either way with
+    code, state, iss -> POST /token (code + verifier)
     -> an ID token whose iss, aud and nonce are checked.
 
 Only complete, checked logins count. It prints logins/s, p50/p90/p99 latency of a whole login,
@@ -364,9 +365,17 @@ class Browser:
         if status != 200:
             raise Failed("verify", f"status {status} {data[:160]!r}")
         following = json.loads(data)["next"]
-        t, times["verify"] = clock(), times.get("verify", 0.0) + clock() - t
-        status, headers, page = self.request("GET", _path(following))
-        if journey == "first":
+        if following.startswith(REDIRECT_URI + "?"):
+            # Nothing more to ask (returning person): the sign-in answer sends the browser
+            # straight back to the client, as a 303 would.
+            status, headers, step = 303, {"location": following}, "verify"
+        else:
+            t, times["verify"] = clock(), times.get("verify", 0.0) + clock() - t
+            status, headers, page = self.request("GET", _path(following))
+            step = "continue"
+        if step == "verify":
+            pass
+        elif journey == "first":
             found_csrf = _CONSENT_CSRF.search(page.decode())
             if status != 200 or not found_csrf:
                 raise Failed("continue", f"status {status}: no consent page")
@@ -381,8 +390,6 @@ class Browser:
             if not headers.get("location", "").startswith(REDIRECT_URI + "?"):
                 status, headers, _ = self.request("GET", _path(headers["location"]))
             step = "consent"
-        else:
-            step = "continue"
         location = headers.get("location", "")
         if status != 303 or not location.startswith(REDIRECT_URI + "?"):
             raise Failed(step, f"status {status}, not back to the client")

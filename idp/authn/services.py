@@ -16,7 +16,7 @@ from sqlalchemy.orm import contains_eager
 from idp.audit.services import Origin, record
 from idp.authn.models import LoginSession
 from idp.db import new_public_id, utcnow
-from idp.extensions import db
+from idp.extensions import commit_keeping_loaded, db
 from idp.oauth import backchannel, tokens
 from idp.orgs.models import Person
 from idp.security import SESSION_PREFIX, digest, new_secret
@@ -55,7 +55,8 @@ def start_session(
         origin=origin,
         details={"acr": acr, "amr": list(amr)},
     )
-    db.session.commit()
+    # The caller goes on with the session and the person (the authorization it was for).
+    commit_keeping_loaded()
     return session, secret
 
 

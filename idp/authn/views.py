@@ -178,7 +178,9 @@ def login_verify() -> Response:
         scope=f"authz:{handle}",
         origin=_origin(),
     )
-    response = _json({"next": url_for("oauth.authorize_continue", h=handle)})
+    from idp.oauth.views import next_after_sign_in
+
+    response = _json({"next": next_after_sign_in(handle, done.session)})
     set_session_cookie(response, done.secret)
     return response
 

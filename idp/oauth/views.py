@@ -19,6 +19,7 @@ from flask import (
 
 from idp import cache
 from idp.audit.services import Origin
+from idp.authn.models import LoginSession
 from idp.authn.views import current_login_session, login_page, session_cookie_name
 from idp.errors import api_view, json_error, page_error
 from idp.extensions import db
@@ -155,19 +156,42 @@ def _render(outcome: flow.Outcome, *, after_post: bool = False) -> Response:
 
 
 def _client_redirect(outcome: flow.ClientRedirect) -> Response:
-    params = [*outcome.params, ("iss", current_app.config["IDP"]["ISSUER"])]
     if outcome.response_mode == "form_post":
+        params = [*outcome.params, ("iss", current_app.config["IDP"]["ISSUER"])]
         html = render_template("oauth/form_post.html", action=outcome.redirect_uri, params=params)
         response = Response(html, mimetype="text/html")
         response.headers["Cache-Control"] = "no-store"
         return response
+    return Response(
+        status=303,
+        headers={"Location": _query_redirect_url(outcome), "Cache-Control": "no-store"},
+    )
+
+
+def _query_redirect_url(outcome: flow.ClientRedirect) -> str:
+    """The client's redirect URI with the response parameters and ``iss`` in its query."""
+    params = [*outcome.params, ("iss", current_app.config["IDP"]["ISSUER"])]
     parts = urlsplit(outcome.redirect_uri)
     query = urlencode([*parse_qsl(parts.query, keep_blank_values=True), *params])
-    response = Response(
-        status=303,
-        headers={"Location": urlunsplit(parts._replace(query=query)), "Cache-Control": "no-store"},
-    )
-    return response
+    return urlunsplit(parts._replace(query=query))
+
+
+def next_after_sign_in(handle: str, session: LoginSession) -> str:
+    """Where the browser goes once the person signed in for the authorization ``handle``:
+    straight back to the client when nothing more is asked (one company, consent given,
+    query response mode), saving the browser a request; else ``/authorize/continue``, which
+    shows what is asked (company, consent, an error page) or posts the answer (form_post)."""
+    continue_url = url_for("oauth.authorize_continue", h=handle)
+    try:
+        pending = flow.find_pending(handle)
+        if (pending.params.get("response_mode") or "query") != "query":
+            return continue_url
+        outcome = flow.resume(handle, session, pending=pending)
+    except flow.AuthorizationPageError:
+        return continue_url  # which shows the error to the person
+    if isinstance(outcome, flow.ClientRedirect) and outcome.response_mode == "query":
+        return _query_redirect_url(outcome)
+    return continue_url
 
 
 # --- token, introspection, revocation ---------------------------------------------------------

@@ -783,3 +783,25 @@ def key_sign_in(b: Browser, url: str, authenticator: Any, **get_kwargs: Any
     answer = ceremony.login(b.http, page, authenticator, **get_kwargs)
     assert answer.status_code == 200, answer.text[:300]
     return b.go(urljoin(page.url, answer.json()["next"]))
+
+
+def key_sign_in_to_client(b: Browser, url: str, authenticator: Any) -> requests.Response:
+    """``key_sign_in`` when the person was asked nothing more: the sign-in answer sends the
+    browser straight back to the client; returned as the 303 that carries it."""
+    from tests.support import ceremony
+
+    page = b.go(url)
+    assert page_kind(page) == "login", page.url
+    answer = ceremony.login(b.http, page, authenticator)
+    assert answer.status_code == 200, answer.text[:300]
+    target = answer.json()["next"]
+    assert not target.startswith("/"), target  # not another Corp ID page
+    return as_redirect(target)
+
+
+def as_redirect(location: str) -> requests.Response:
+    """A sign-in answer's ``next`` as the 303 to the client it stands for."""
+    back = requests.Response()
+    back.status_code = 303
+    back.headers["Location"] = location
+    return back

@@ -30,9 +30,11 @@ from tests.functional.conftest import (
     Browser,
     KeyHolder,
     Live,
+    as_redirect,
     authorize_url,
     callback,
     key_sign_in,
+    key_sign_in_to_client,
     oauth_session,
     page_kind,
     pkce_pair,
@@ -176,11 +178,21 @@ def test_the_sign_in_pages_own_options_sign_in_once(holder: KeyHolder,
     body = {"h": info["handle"], "credential": assertion}
     answer = ceremony.post_json(b.http, info["verify"], body, csrf=info["csrf"])
     assert answer.status_code == 200, answer.text
-    assert answer.json()["next"].startswith("/authorize/continue?h=cia_")
+    assert answer.json()["next"].startswith("https://rp.example/cb?code=")  # nothing to ask
     # Its challenge answers once.
     again = ceremony.post_json(b.http, info["verify"], body, csrf=info["csrf"])
     assert "already used" in _refused(again)["error_description"]
 
+
+
+def test_sign_in_for_a_form_post_response_goes_on_to_continue(
+        holder: KeyHolder, login_page: Callable[..., Any]) -> None:
+    b, page = login_page(response_mode="form_post")
+    answer = ceremony.login(b.http, page, holder.authenticator)
+    assert answer.status_code == 200, answer.text
+    following = answer.json()["next"]
+    assert following.startswith("/authorize/continue?h=cia_")  # the page that posts the answer
+    assert page_kind(b.go(urljoin(page.url, following))) == "form_post"
 
 
 def test_sign_in_starts_a_session_and_updates_the_key(holder: KeyHolder, ctx: Live,
@@ -190,7 +202,13 @@ def test_sign_in_starts_a_session_and_updates_the_key(holder: KeyHolder, ctx: Li
     answer = ceremony.login(b.http, page, holder.authenticator)
     assert answer.status_code == 200, answer.text
     assert answer.headers["Cache-Control"] == "no-store"
-    assert answer.json()["next"].startswith("/authorize/continue?h=cia_")
+    # "openid" alone asks no consent, one company asks no choice: straight back to the client
+    # with the code, the state and the issuer (RFC 9207).
+    back = callback(as_redirect(answer.json()["next"]))
+    assert back.target == "https://rp.example/cb"
+    assert back.params["code"]
+    assert back.params["state"] == "st-123"
+    assert back.params["iss"] == ctx.issuer
     cookie = answer.headers["Set-Cookie"]
     assert cookie.startswith(f"{LOGIN_COOKIE}=cil_")
     assert "HttpOnly" in cookie
@@ -262,7 +280,7 @@ def test_prompt_login_asks_again_and_a_fresh_assertion_satisfies_it(
     b = holder.browser  # signed in by the enrolment
     _, challenge = pkce_pair()
     url = authorize_url(ctx, rp, challenge=challenge, prompt="login")
-    page = key_sign_in(b, url, holder.authenticator)  # asserts the login page was shown
+    page = key_sign_in_to_client(b, url, holder.authenticator)  # asserts the login page was shown
     assert "code" in callback(page).params  # "openid" alone asks no consent
     db.session.rollback()
     assert len(list(db.session.scalars(select(LoginSession)))) == 2  # a fresh session
@@ -277,7 +295,7 @@ def test_max_age_passed_asks_again_and_a_fresh_assertion_satisfies_it(
     db.session.commit()
     _, challenge = pkce_pair()
     url = authorize_url(ctx, rp, challenge=challenge, max_age="60")
-    page = key_sign_in(b, url, holder.authenticator)  # asserts the login page was shown
+    page = key_sign_in_to_client(b, url, holder.authenticator)  # asserts the login page was shown
     assert "code" in callback(page).params
 
 
@@ -579,5 +597,5 @@ def test_max_age_zero_is_satisfied_by_a_fresh_assertion(
     b = holder.browser
     _, challenge = pkce_pair()
     url = authorize_url(ctx, rp, challenge=challenge, max_age="0")
-    page = key_sign_in(b, url, holder.authenticator)
+    page = key_sign_in_to_client(b, url, holder.authenticator)
     assert "code" in callback(page).params
