@@ -427,17 +427,24 @@ def begin_login(*, binding: str, scope: str, login_hint: str | None = None) -> d
 
 
 def finish_login(
-    *, credential: object, binding: str, scope: str, origin: Origin | None = None
+    *,
+    credential: object,
+    binding: str,
+    scope: str,
+    origin: Origin | None = None,
+    commit: bool = True,
 ) -> SignedIn:
     """Verify an assertion (WebAuthn L3 §7.2 and what py_webauthn leaves to us) and start a
-    session with ``acr="phrh"``, ``amr=["hwk", "mfa"]``.
+    session with ``acr="phrh"``, ``amr=["hwk", "mfa"]``: the new sign count, the audit events
+    and the session committed together, or (``commit`` false) flushed for the caller to
+    commit with what the sign-in leads to (the challenge is spent either way).
 
     Every refusal is audited (``authn:login:failure`` with its reason) and counted against the
     source and the person; past the limits ``RateLimitedError`` (429) is raised instead.
     Raises ``WebAuthnError``."""
     person_id: list[int | None] = [None]
     try:
-        return _finish_login(credential, binding, scope, origin, person_id)
+        return _finish_login(credential, binding, scope, origin, person_id, commit)
     except wa.WebAuthnError as exc:
         _login_failed(exc, person_id[0], origin)
         raise
@@ -457,6 +464,7 @@ def _finish_login(
     scope: str,
     origin: Origin | None,
     person_id: list[int | None],
+    commit: bool,
 ) -> SignedIn:
     cred, facts = wa.read_assertion(credential)
     data = claim_challenge(facts.challenge, ceremony=LOGIN, binding=binding, scope=scope)
@@ -527,13 +535,14 @@ def _finish_login(
         details={"sign_count": new},
     )
     # The counter, its audit event and the new session are committed together by
-    # start_session (nothing read in between goes stale: no reload of the key or person).
+    # start_session or the caller (nothing read in between goes stale).
     session, secret = start_session(
         person=person,
         security_key_id=key.id,
         acr=ACR_HARDWARE_KEY,
         amr=list(AMR_HARDWARE_KEY),
         origin=origin,
+        commit=commit,
     )
     return SignedIn(person, key, session, secret)
 

@@ -29,9 +29,11 @@ def start_session(
     acr: str,
     amr: list[str],
     origin: Origin | None = None,
+    commit: bool = True,
 ) -> tuple[LoginSession, str]:
     """Create a session for ``person``. Returns ``(session, secret)``; the secret goes in the
-    cookie and only its digest is stored. Committed."""
+    cookie and only its digest is stored. Committed, unless ``commit`` is false: then flushed,
+    for the caller to commit with what the sign-in leads to."""
     cfg = current_app.config["IDP"]
     now = utcnow()
     secret = new_secret(SESSION_PREFIX)
@@ -55,8 +57,11 @@ def start_session(
         origin=origin,
         details={"acr": acr, "amr": list(amr)},
     )
-    # The caller goes on with the session and the person (the authorization it was for).
-    commit_keeping_loaded()
+    if commit:
+        # The caller goes on with the session and the person (the authorization it was for).
+        commit_keeping_loaded()
+    else:
+        db.session.flush()
     return session, secret
 
 

@@ -12,6 +12,7 @@ from idp.authn import ceremonies
 from idp.authn.models import LoginSession
 from idp.authn.services import find_session
 from idp.errors import IdpError, ValidationError, api_view, page_error
+from idp.extensions import db
 from idp.orgs import services as orgs
 from idp.orgs.models import Person
 
@@ -177,10 +178,14 @@ def login_verify() -> Response:
         binding=_binding(),
         scope=f"authz:{handle}",
         origin=_origin(),
+        commit=False,
     )
     from idp.oauth.views import next_after_sign_in
 
-    response = _json({"next": next_after_sign_in(handle, done.session)})
+    following = next_after_sign_in(handle, done.session)
+    # The session, with the code when one was issued (that commit took the session too).
+    db.session.commit()
+    response = _json({"next": following})
     set_session_cookie(response, done.secret)
     return response
 

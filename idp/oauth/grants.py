@@ -137,10 +137,13 @@ def _bound_jkt(request: OAuth2Request) -> str | None:
     return None
 
 
-def keep_grant(grant: tokens.Grant) -> None:
+def keep_grant(grant: tokens.Grant, *, receipt: str | bool | None = False) -> None:
     """Hold the grant this token request works on for ``generate_token`` (the session's
-    identity map holds objects weakly: without this, reading it again is a query)."""
+    identity map holds objects weakly: without this, reading it again is a query), with its
+    consent's latest ``receipt`` when it was read already (None: it has none; False: not
+    read)."""
     g.idp_grant = grant
+    g.idp_receipt = receipt
 
 
 def _grant_of(principal: Principal) -> tokens.Grant | None:
@@ -155,7 +158,12 @@ def _consent_receipt(principal: Principal) -> str | None:
     from idp.consent.receipts import latest_receipt
 
     grant = _grant_of(principal)
-    return latest_receipt(grant.consent_id) if grant is not None else None
+    if grant is None or grant.consent_id is None:
+        return None
+    kept = g.get("idp_receipt", False)
+    if grant is g.get("idp_grant") and kept is not False:
+        return kept if isinstance(kept, str) else None
+    return latest_receipt(grant.consent_id)
 
 
 # --- PKCE -------------------------------------------------------------------------------------
@@ -330,7 +338,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         principal = tokens.principal_from(parties, grant, client=self.request.client)
         if principal is None:
             return None
-        keep_grant(grant)
+        keep_grant(grant, receipt=parties.consent_receipt)
         self.request.authorization_code = code
         return principal
 

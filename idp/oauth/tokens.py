@@ -163,20 +163,29 @@ class Parties:
     # The person's live e-service roles for the client and company, sorted ([]: access without
     # a named role), or None when they hold no live e-service authorisation there.
     eservice_roles: list[str] | None = None
+    # The latest signed receipt of ``consent`` (for the token response), if any.
+    consent_receipt: str | None = None
 
 
 def _parties_statement() -> Any:
     from idp.authn.models import LoginSession
-    from idp.consent.models import Consent
+    from idp.consent.models import Consent, ConsentReceipt
     from idp.delegation.models import EServiceAuthorisation as ESA
 
     agent = aliased(Company)
     now: Any = bindparam("now")
+    receipt = (
+        select(ConsentReceipt.receipt)
+        .where(ConsentReceipt.consent_id == Consent.id)
+        .order_by(ConsentReceipt.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
     # Built once: the login path runs it on every code redemption. A missing id (None) matches
     # nothing in the outer joins (``= NULL``), which is what an absent party means. One row
     # per live e-service authorisation (the rest of each row is the same), at least one.
     return (
-        select(Person, Company, agent, Membership, LoginSession, Consent, ESA.id, ESA.role)
+        select(Person, Company, agent, Membership, LoginSession, Consent, receipt, ESA.id, ESA.role)
         .select_from(Person)
         .join(Company, Company.id == bindparam("company_id"))
         .outerjoin(agent, agent.id == bindparam("agent_company_id"))
@@ -231,7 +240,7 @@ def load_parties(
     if not rows:
         return None
     held = [(found, role) for *_, found, role in rows if found is not None]
-    person, company, agent, membership, session, consent, *_ = rows[0]
+    person, company, agent, membership, session, consent, receipt, *_ = rows[0]
     return Parties(
         person,
         company,
@@ -240,6 +249,7 @@ def load_parties(
         session,
         consent,
         eservice_roles=sorted({r for _, r in held if r}) if held else None,
+        consent_receipt=receipt,
     )
 
 
