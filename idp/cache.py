@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -47,6 +48,27 @@ def _key(namespace: str, value: str) -> str:
     issuer = str(current_app.config["IDP"]["ISSUER"])
     material = f"{issuer}\x00{value}".encode("utf-8", "surrogatepass")
     return f"idp:{namespace}:{hashlib.sha256(material).hexdigest()}"
+
+
+def shared() -> bool:
+    """Whether short-lived state lives in Redis (``IDP_REDIS_URL``) rather than the database."""
+    return _redis() is not None
+
+
+def keep(namespace: str, value: str, payload: dict[str, Any], *, ttl: int) -> None:
+    """Keep ``payload`` for ``ttl`` seconds under ``value`` (stored as a digest), to be taken
+    once by ``take``. Redis only (``shared()``): callers keep their own table otherwise."""
+    _redis().set(_key(namespace, value), json.dumps(payload), ex=max(1, ttl))
+
+
+def take(namespace: str, value: str) -> dict[str, Any] | None:
+    """The payload kept under ``value``, removed as it is read (one atomic ``GETDEL``: of
+    racing takers, one gets it), or None when unknown, expired or taken. Redis only."""
+    raw = _redis().getdel(_key(namespace, value))
+    if raw is None:
+        return None
+    payload: dict[str, Any] = json.loads(raw)
+    return payload
 
 
 def use_once(namespace: str, value: str, *, ttl: int) -> bool:

@@ -38,6 +38,8 @@ from idp.orgs import services as orgs
 from idp.orgs.models import Invitation, Person
 from idp.security import digest
 
+# Where challenges live in Redis (idp.cache), when it is configured.
+CHALLENGES = "webauthn-challenge"
 REGISTER = "register"
 LOGIN = "login"
 # RFC 8176 authentication method references and our acr for a phishing-resistant hardware key.
@@ -98,10 +100,20 @@ def _binding_hash(ceremony: str, binding: str, scope: str) -> str:
     return digest(f"{ceremony}\x00{binding}\x00{scope}")
 
 
+def _shared_key(challenge: bytes, binding_hash: str) -> str:
+    # The challenge, the ceremony, the browser and the scope must all match to find it.
+    return f"{wa.b64url_encode(challenge)}\x00{binding_hash}"
+
+
 def issue_challenge(*, ceremony: str, binding: str, scope: str, data: dict[str, Any]) -> bytes:
     """A new challenge for ``ceremony``, stored as a digest with ``data``, bound to the browser
-    (``binding``) and to ``scope``, expiring after the challenge TTL. Committed."""
+    (``binding``) and to ``scope``, expiring after the challenge TTL: in Redis when configured
+    (short-lived state), else in the database (committed)."""
     challenge = secrets.token_bytes(32)
+    if cache.shared():
+        key = _shared_key(challenge, _binding_hash(ceremony, binding, scope))
+        cache.keep(CHALLENGES, key, data, ttl=challenge_ttl())
+        return challenge
     now = utcnow()
     db.session.add(
         WebAuthnChallenge(
@@ -118,9 +130,13 @@ def issue_challenge(*, ceremony: str, binding: str, scope: str, data: dict[str, 
 
 
 def claim_challenge(challenge: bytes, *, ceremony: str, binding: str, scope: str) -> dict[str, Any]:
-    """Claim the stored challenge for this use (one conditional UPDATE, committed) and return
-    its ``data``: a second use, another browser, another ceremony or an expired one is
-    refused (``WebAuthnError``)."""
+    """Claim the stored challenge for this use (one ``GETDEL`` in Redis, or one conditional
+    UPDATE, committed) and return its ``data``: a second use, another browser, another
+    ceremony or an expired one is refused (``WebAuthnError``)."""
+    if cache.shared():
+        key = _shared_key(challenge, _binding_hash(ceremony, binding, scope))
+        data = cache.take(CHALLENGES, key)
+        return _claimed(data)
     # One statement: claimed only if it is this challenge, for this ceremony and browser,
     # unused and live; what the verify step needs comes back with it.
     now = utcnow()
@@ -138,6 +154,10 @@ def claim_challenge(challenge: bytes, *, ceremony: str, binding: str, scope: str
         .execution_options(synchronize_session=False)
     )
     db.session.commit()
+    return _claimed(data)
+
+
+def _claimed(data: dict[str, Any] | None) -> dict[str, Any]:
     if data is None:
         raise wa.WebAuthnError(
             "This sign-in attempt has expired or was already used. Try again.",

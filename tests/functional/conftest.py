@@ -805,3 +805,44 @@ def as_redirect(location: str) -> requests.Response:
     back.status_code = 303
     back.headers["Location"] = location
     return back
+
+
+def stored_challenges() -> list[dict[str, Any]]:
+    """The WebAuthn challenges as stored, in Redis when it is configured, else in the
+    database: what each is found by (``key``), its ``data`` and its lifetime in seconds."""
+    import json
+
+    from flask import current_app
+    from sqlalchemy import select
+
+    from idp.authn.models import WebAuthnChallenge
+
+    client = current_app.extensions.get("idp.redis")
+    if client is not None:
+        keys = sorted(client.scan_iter("idp:webauthn-challenge:*"))
+        return [{"key": k.decode(), "data": json.loads(client.get(k)), "ttl": client.ttl(k)}
+                for k in keys]
+    db.session.rollback()
+    return [{"key": row.challenge_hash, "data": row.data, "ceremony": row.ceremony,
+             "ttl": (row.expires_at - row.created_at).total_seconds()}
+            for row in db.session.scalars(select(WebAuthnChallenge))]
+
+
+def expire_challenges() -> None:
+    """Let every stored WebAuthn challenge expire now."""
+    import datetime as dt
+
+    from flask import current_app
+    from sqlalchemy import update
+
+    from idp.authn.models import WebAuthnChallenge
+    from idp.db import utcnow
+
+    client = current_app.extensions.get("idp.redis")
+    if client is not None:
+        for key in client.scan_iter("idp:webauthn-challenge:*"):
+            client.delete(key)  # what Redis does at expiry
+        return
+    db.session.execute(update(WebAuthnChallenge).values(
+        expires_at=utcnow() - dt.timedelta(seconds=1)))
+    db.session.commit()

@@ -20,7 +20,7 @@ import requests
 from sqlalchemy import select, update
 
 from idp.audit.models import AuditEvent
-from idp.authn.models import LoginSession, SecurityKey, WebAuthnChallenge
+from idp.authn.models import LoginSession, SecurityKey
 from idp.db import utcnow
 from idp.extensions import db
 from idp.orgs.models import Person, PersonStatus
@@ -33,6 +33,7 @@ from tests.functional.conftest import (
     as_redirect,
     authorize_url,
     callback,
+    expire_challenges,
     key_sign_in,
     key_sign_in_to_client,
     oauth_session,
@@ -343,9 +344,7 @@ def test_replayed_assertion_refused(holder: KeyHolder, login_page: Callable[...,
 def test_expired_challenge_refused(holder: KeyHolder, login_page: Callable[..., Any]) -> None:
     b, page = login_page()
     info, answer = ceremony.options(b.http, page)
-    db.session.execute(update(WebAuthnChallenge).values(
-        expires_at=utcnow() - dt.timedelta(seconds=1)))
-    db.session.commit()
+    expire_challenges()
     assertion = holder.authenticator.get(answer.json()["publicKey"])
     _refused(ceremony.post_json(b.http, info["verify"], {"h": info["handle"],
                                                          "credential": assertion},
