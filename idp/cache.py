@@ -56,9 +56,19 @@ def shared() -> bool:
 
 
 def keep(namespace: str, value: str, payload: dict[str, Any], *, ttl: int) -> None:
-    """Keep ``payload`` for ``ttl`` seconds under ``value`` (stored as a digest), to be taken
-    once by ``take``. Redis only (``shared()``): callers keep their own table otherwise."""
+    """Keep ``payload`` for ``ttl`` seconds under ``value`` (stored as a digest), replacing what
+    was kept there: read with ``peek``, or taken once by ``take``. Redis only (``shared()``):
+    callers keep their own table otherwise."""
     _redis().set(_key(namespace, value), json.dumps(payload), ex=max(1, ttl))
+
+
+def peek(namespace: str, value: str) -> dict[str, Any] | None:
+    """The payload kept under ``value`` (left in place), or None. Redis only."""
+    raw = _redis().get(_key(namespace, value))
+    if raw is None:
+        return None
+    payload: dict[str, Any] = json.loads(raw)
+    return payload
 
 
 def take(namespace: str, value: str) -> dict[str, Any] | None:

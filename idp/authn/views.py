@@ -17,7 +17,7 @@ from idp.orgs import services as orgs
 from idp.orgs.models import Person
 
 if TYPE_CHECKING:
-    from idp.oauth.models import PendingAuthorization
+    from idp.oauth.authorize import Pending
 
 bp = Blueprint("authn", __name__)
 
@@ -99,7 +99,7 @@ def _bound_handle(handle: object) -> str:
     return handle
 
 
-def _pending_handle(handle: object) -> tuple[str, PendingAuthorization]:
+def _pending_handle(handle: object) -> tuple[str, Pending]:
     """A pending authorization this browser started and that is still live: ``(handle,
     pending)``, the row read once per request."""
     from idp.oauth import authorize as flow

@@ -17,6 +17,7 @@ from authlib.oauth2.rfc6749 import OAuth2Error
 from flask import current_app
 from sqlalchemy import bindparam, select
 
+from idp import cache
 from idp.authn.models import LoginSession
 from idp.clients.models import Client
 from idp.consent import services as consent
@@ -35,6 +36,61 @@ from idp.security import digest, new_secret
 
 PENDING_TTL = 15 * 60
 PENDING_PREFIX = "cia_"
+
+
+# --- where a pending authorization lives -------------------------------------------------------
+
+# Its namespace in Redis (idp.cache), where it lives when Redis is configured.
+PENDING_NAMESPACE = "pending-authorization"
+
+
+@dataclass
+class SharedPending:
+    """A pending authorization kept in Redis (short-lived state, as the architecture puts it)
+    when ``IDP_REDIS_URL`` is set: the fields of ``PendingAuthorization``, saved back after each
+    change (``save``) and gone when it expires. Without Redis the database row is used."""
+
+    handle_hash: str
+    client_id: int
+    params: dict[str, str]
+    created_at: dt.datetime
+    expires_at: dt.datetime
+    company_id: int | None = None
+    agent_company_id: int | None = None
+    consented_at: dt.datetime | None = None
+    completed_at: dt.datetime | None = None
+
+    _TIMES = ("created_at", "expires_at", "consented_at", "completed_at")
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.__dict__)
+        for name in self._TIMES:
+            value = out[name]
+            out[name] = value.isoformat() if value is not None else None
+        return out
+
+    @classmethod
+    def load(cls, handle_hash: str) -> SharedPending | None:
+        """The pending authorization with this handle digest, or None (unknown or expired)."""
+        found = cache.peek(PENDING_NAMESPACE, handle_hash)
+        if found is None:
+            return None
+        for name in cls._TIMES:
+            if found.get(name) is not None:
+                found[name] = dt.datetime.fromisoformat(found[name])
+        return cls(**found)
+
+
+Pending = PendingAuthorization | SharedPending
+
+
+def save(pending: Pending) -> None:
+    """Write a change of ``pending`` where it lives: Redis at once; a database row goes with
+    the caller's commit."""
+    if isinstance(pending, SharedPending):
+        # Kept a minute past its expiry, so that a late step is told it expired.
+        ttl = int((pending.expires_at - utcnow()).total_seconds()) + 60
+        cache.keep(PENDING_NAMESPACE, pending.handle_hash, pending.as_json(), ttl=max(1, ttl))
 
 
 # --- outcomes ---------------------------------------------------------------------------------
@@ -123,10 +179,9 @@ def _error_redirect(
     return ClientRedirect(redirect_uri, out, mode)
 
 
-def _fail(
-    error_cls: type[OAuth2Error], description: str, pending: PendingAuthorization
-) -> ClientRedirect:
+def _fail(error_cls: type[OAuth2Error], description: str, pending: Pending) -> ClientRedirect:
     pending.completed_at = utcnow()
+    save(pending)
     db.session.commit()
     return _error_redirect(
         error_cls(description), pending.params, pending.params.get("redirect_uri")
@@ -136,7 +191,7 @@ def _fail(
 # --- start ------------------------------------------------------------------------------------
 
 
-def start(values: dict[str, list[str]]) -> tuple[str, PendingAuthorization] | ClientRedirect:
+def start(values: dict[str, list[str]]) -> tuple[str, Pending] | ClientRedirect:
     """Validate an authorization request. Returns ``(handle, pending)`` for a valid request
     (flushed, for the caller to commit) or a ``ClientRedirect`` carrying the error; raises
     ``AuthorizationPageError`` when the client or its redirect URI cannot be trusted."""
@@ -182,12 +237,19 @@ def start(values: dict[str, list[str]]) -> tuple[str, PendingAuthorization] | Cl
             grant.redirect_uri,
         )
     handle = new_secret(PENDING_PREFIX, 24)
-    pending = PendingAuthorization(
-        handle_hash=digest(handle),
-        client_id=request.client.id,
-        params=params,
-        expires_at=utcnow() + dt.timedelta(seconds=PENDING_TTL),
-    )
+    now = utcnow()
+    fields = {
+        "handle_hash": digest(handle),
+        "client_id": request.client.id,
+        "params": params,
+        "created_at": now,
+        "expires_at": now + dt.timedelta(seconds=PENDING_TTL),
+    }
+    if cache.shared():
+        pending: Pending = SharedPending(**fields)
+        save(pending)
+        return handle, pending
+    pending = PendingAuthorization(**fields)
     db.session.add(pending)
     # Written with what the request leads to (the sign-in page's challenge, a code, ...):
     # the caller commits.
@@ -201,14 +263,18 @@ _PENDING_BY_HANDLE = select(PendingAuthorization).where(
 )
 
 
-def find_pending(handle: str | None) -> PendingAuthorization:
+def find_pending(handle: str | None) -> Pending:
     """The live pending authorization for a handle, or ``AuthorizationPageError``."""
     if not handle or not handle.startswith(PENDING_PREFIX) or len(handle) > 100:
         raise AuthorizationPageError(
             "invalid_request",
             "This sign-in request is not known. Start again from the site you came from.",
         )
-    pending = db.session.scalars(_PENDING_BY_HANDLE, {"handle_hash": digest(handle)}).first()
+    pending: Pending | None
+    if cache.shared():
+        pending = SharedPending.load(digest(handle))
+    else:
+        pending = db.session.scalars(_PENDING_BY_HANDLE, {"handle_hash": digest(handle)}).first()
     if pending is None or pending.completed_at is not None or pending.expires_at <= utcnow():
         raise AuthorizationPageError(
             "invalid_request",
@@ -222,11 +288,11 @@ def find_pending(handle: str | None) -> PendingAuthorization:
 # --- resume -----------------------------------------------------------------------------------
 
 
-def _prompts(pending: PendingAuthorization) -> set[str]:
+def _prompts(pending: Pending) -> set[str]:
     return set(pending.params.get("prompt", "").split())
 
 
-def needs_login(pending: PendingAuthorization, session: LoginSession | None) -> bool:
+def needs_login(pending: Pending, session: LoginSession | None) -> bool:
     """Whether a (fresh) sign-in is needed: none yet, ``prompt=login``, ``max_age`` passed, or
     an ``id_token_hint`` naming someone else."""
     if session is None:
@@ -244,7 +310,7 @@ def needs_login(pending: PendingAuthorization, session: LoginSession | None) -> 
     return False
 
 
-def hint_matches(pending: PendingAuthorization, session: LoginSession) -> bool:
+def hint_matches(pending: Pending, session: LoginSession) -> bool:
     """Whether the ``id_token_hint`` names the signed-in person (OIDC Core 3.1.2.1)."""
     from idp.keys import jws
     from idp.oauth.claims import subject_for
@@ -312,7 +378,7 @@ def active_companies(person: Person, client: Client) -> list[tuple[Company, list
     return companies_of(person, client)[0]
 
 
-def _client_of(pending: PendingAuthorization) -> Client | None:
+def _client_of(pending: Pending) -> Client | None:
     """The pending request's client, from the worker's client cache when it can."""
     cached = _server().query_client(pending.params.get("client_id"))
     if cached is not None and cached.id == pending.client_id:
@@ -320,9 +386,7 @@ def _client_of(pending: PendingAuthorization) -> Client | None:
     return db.session.get(Client, pending.client_id)
 
 
-def resume(
-    handle: str, session: LoginSession | None, *, pending: PendingAuthorization | None = None
-) -> Outcome:
+def resume(handle: str, session: LoginSession | None, *, pending: Pending | None = None) -> Outcome:
     """Take the pending authorization as far as it can go for this browser session
     (``pending``: its record, when the caller has just read or written it)."""
     from authlib.oauth2.rfc6749 import AccessDeniedError
@@ -443,6 +507,7 @@ def choose_company(
         raise AuthorizationPageError("access_denied", "You cannot act for that company.", 403)
     pending.company_id = company_id
     pending.agent_company_id = agent_company_id
+    save(pending)
     db.session.commit()
     return resume(handle, session)
 
@@ -475,12 +540,13 @@ def decide_consent(
         origin=origin,
     )
     pending.consented_at = utcnow()
+    save(pending)
     db.session.commit()
     return resume(handle, session)
 
 
 def _issue_code(
-    pending: PendingAuthorization,
+    pending: Pending,
     session: LoginSession,
     client: Client,
     person: Person,
@@ -502,6 +568,7 @@ def _issue_code(
         redirect_uri = grant.validate_authorization_request()
     except OAuth2Error as error:
         pending.completed_at = utcnow()
+        save(pending)
         db.session.commit()
         return _error_redirect(error, pending.params, error.redirect_uri)
     principal = Principal(
@@ -516,6 +583,7 @@ def _issue_code(
         claims_request=parse_claims_request(pending.params.get("claims")),
     )
     pending.completed_at = utcnow()
+    save(pending)  # Redis's copy now; the database's commits with the code
     mode = pending.params.get("response_mode") or "query"  # read before the code's commit
     _, params, _ = grant.create_authorization_response(redirect_uri, principal)
     return ClientRedirect(redirect_uri, list(params), mode)
