@@ -217,6 +217,32 @@ def test_completed_transaction_cannot_be_replayed(live: Live,
     assert "Location" not in continued.headers
 
 
+def test_expired_transaction_is_refused(live: Live,
+                                       consent_page: tuple[Browser, RP, requests.Response]
+                                       ) -> None:
+    """A pending authorization past its lifetime is refused, wherever it is kept (the
+    database, or Redis when configured)."""
+    import datetime as dt
+
+    from idp.db import utcnow
+    from idp.extensions import db
+    from idp.oauth import authorize as flow
+    from idp.security import digest
+
+    b, _, page = consent_page
+    handle = parse_forms(page.text)[0].value("h")
+    assert handle is not None
+    pending = flow.find_pending(handle)
+    assert pending.handle_hash == digest(handle)  # only the digest is kept
+    pending.expires_at = utcnow() - dt.timedelta(seconds=1)
+    flow.save(pending)
+    db.session.commit()
+    refused = b.submit(page, decision="allow")
+    assert refused.status_code == 400
+    assert "expired" in refused.text
+    assert "Location" not in refused.headers
+
+
 def test_client_supplied_name_is_rendered_inert(live: Live, signed_in: SignedIn,
                                                 make_client: Callable[..., RP]) -> None:
     _, b = signed_in()
