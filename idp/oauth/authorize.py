@@ -347,8 +347,15 @@ def _companies_statement() -> Any:
         .exists()
     )
     return (
-        select(Company, Membership.roles, may_be_agent)
+        select(Company, Membership.roles, may_be_agent, Consent)
         .join(Membership, Membership.company_id == Company.id)
+        # The person's consent to the client for each company (one at most, unique).
+        .outerjoin(
+            Consent,
+            (Consent.person_id == Membership.person_id)
+            & (Consent.company_id == Company.id)
+            & (Consent.client_id == bindparam("client_id")),
+        )
         .where(Membership.person_id == bindparam("person_id"), Membership.status == "active")
         .order_by(Company.name_en)
     )
@@ -357,25 +364,41 @@ def _companies_statement() -> Any:
 _COMPANIES: list[Any] = []
 
 
-def companies_of(person: Person, client: Client) -> tuple[list[tuple[Company, list[str]]], bool]:
-    """``active_companies`` and whether the person may also act as an agent at ``client``
-    (a live third-party authorisation names one of their companies as agent), in one query."""
+@dataclass
+class Reach:
+    """What a person may do at a client, read in one query: ``options``, the companies they
+    may act for (``active_companies``); ``may_be_agent``, whether a live third-party
+    authorisation names one of their companies as agent there; ``consents``, their consent
+    to the client (live or not; None: never given) by id of each company they are an active
+    member of."""
+
+    options: list[tuple[Company, list[str]]]
+    may_be_agent: bool
+    consents: dict[int, Consent | None]
+
+
+def companies_of(person: Person, client: Client) -> Reach:
+    """The person's ``Reach`` at ``client``."""
     if not _COMPANIES:
         _COMPANIES.append(_companies_statement())
     rows = db.session.execute(
         _COMPANIES[0], {"person_id": person.id, "client_id": client.id, "now": utcnow()}
     ).all()
-    options = [(company, list(roles)) for company, roles, _ in rows if company.is_active]
+    options = [(company, list(roles)) for company, roles, _, _ in rows if company.is_active]
     if client.members_authorised_only and options:
         authorised = delegation.authorised_company_ids(person, client)
         options = [o for o in options if o[0].id in authorised]
-    return options, any(agent for _, _, agent in rows)
+    return Reach(
+        options,
+        any(agent for _, _, agent, _ in rows),
+        {company.id: given for company, _, _, given in rows},
+    )
 
 
 def active_companies(person: Person, client: Client) -> list[tuple[Company, list[str]]]:
     """Companies ``person`` may act for at ``client``: active membership, company live, and
     for an "authorised members only" client a live e-service authorisation for it."""
-    return companies_of(person, client)[0]
+    return companies_of(person, client).options
 
 
 def _client_of(pending: Pending) -> Client | None:
@@ -411,8 +434,9 @@ def resume(handle: str, session: LoginSession | None, *, pending: Pending | None
     assert session is not None
     person = db.session.get(Person, session.person_id)
     assert person is not None
-    options, may_be_agent = companies_of(person, client)
-    agents = delegation.agent_options(person, client) if may_be_agent else []
+    reach = companies_of(person, client)
+    options = reach.options
+    agents = delegation.agent_options(person, client) if reach.may_be_agent else []
     if not options and not agents:
         if client.members_authorised_only:
             return _fail(
@@ -452,7 +476,11 @@ def resume(handle: str, session: LoginSession | None, *, pending: Pending | None
     details = parse_authorization_details(
         pending.params.get("authorization_details"), client.scopes
     )
-    given = consent.live_consent(person, company, client)
+    if company.id in reach.consents:  # read with the companies; only a live one counts
+        stored = reach.consents[company.id]
+        given = stored if stored is not None and consent.status(stored) == consent.LIVE else None
+    else:  # a principal company the person acts for as an agent
+        given = consent.live_consent(person, company, client)
     ask = None
     if pending.consented_at is None:
         ask = consent.what_to_ask(
