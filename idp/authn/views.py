@@ -87,16 +87,16 @@ def _body() -> dict[str, Any]:
 
 def _bound_handle(handle: object) -> str:
     """The handle of a pending authorization this browser started (its Flask session lists
-    it). Whether the authorization is still live is for the step that needs its record:
-    the sign-in options (``_pending_handle``) and ``/authorize/continue``."""
-    from idp.oauth.views import PENDING_SESSION_KEY
+    it), else ``ValidationError``. Whether the authorization is still live is for the step
+    that needs its record: the sign-in options (``_pending_handle``) and what follows the
+    sign-in."""
+    from idp.oauth import authorize as flow
+    from idp.oauth.views import bound_handle
 
-    if not isinstance(handle, str) or handle not in session.get(PENDING_SESSION_KEY, []):
-        raise ValidationError(
-            "This sign-in request belongs to another browser window or has expired. "
-            "Start again from the site you came from."
-        )
-    return handle
+    try:
+        return bound_handle(handle)
+    except flow.AuthorizationPageError as exc:
+        raise ValidationError(exc.description) from None
 
 
 def _pending_handle(handle: object) -> tuple[str, Pending]:

@@ -62,7 +62,7 @@ def authorize() -> Response:
 @bp.get("/authorize/continue")
 def authorize_continue() -> Response:
     try:
-        handle = _bound_handle(request.args.get("h"))
+        handle = bound_handle(request.args.get("h"))
         return _render(flow.resume(handle, current_login_session()))
     except flow.AuthorizationPageError as exc:
         return page_error(exc.status, _title(exc.error), exc.description)
@@ -71,7 +71,7 @@ def authorize_continue() -> Response:
 @bp.post("/authorize/company")
 def authorize_company() -> Response:
     try:
-        handle = _bound_handle(request.form.get("h"))
+        handle = bound_handle(request.form.get("h"))
         # "<company id>" or, acting as an agent, "<company id>.<agent company id>".
         company, _, agent = request.form.get("company", "").partition(".")
         if not _is_id(company) or (agent and not _is_id(agent)):
@@ -87,7 +87,7 @@ def authorize_company() -> Response:
 @bp.post("/authorize/consent")
 def authorize_consent() -> Response:
     try:
-        handle = _bound_handle(request.form.get("h"))
+        handle = bound_handle(request.form.get("h"))
         decision = request.form.get("decision")
         if decision not in ("allow", "deny"):
             raise flow.AuthorizationPageError("invalid_request", "Choose Allow or Deny.")
@@ -116,9 +116,10 @@ def _remember_pending(handle: str) -> None:
     session[PENDING_SESSION_KEY] = [*handles[-(MAX_PENDING_PER_BROWSER - 1) :], handle]
 
 
-def _bound_handle(handle: str | None) -> str:
-    """The handle, if this browser started that authorization (binding to the session)."""
-    if not handle or handle not in session.get(PENDING_SESSION_KEY, []):
+def bound_handle(handle: object) -> str:
+    """The handle, if this browser started that authorization (binding to the session);
+    else ``AuthorizationPageError``."""
+    if not isinstance(handle, str) or handle not in session.get(PENDING_SESSION_KEY, []):
         raise flow.AuthorizationPageError(
             "invalid_request",
             "This sign-in request belongs to another browser window or has "
