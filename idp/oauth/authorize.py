@@ -10,6 +10,7 @@ before it are shown to the person and never redirected.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -331,6 +332,7 @@ def hint_matches(pending: Pending, session: LoginSession) -> bool:
     return bool(claims.get("sub") == subject_for(client, person))
 
 
+@functools.cache  # built once, on first use
 def _companies_statement() -> Any:
     from idp.delegation.models import ThirdPartyAuthorisation as TPA
 
@@ -361,9 +363,6 @@ def _companies_statement() -> Any:
     )
 
 
-_COMPANIES: list[Any] = []
-
-
 @dataclass
 class Reach:
     """What a person may do at a client, read in one query: ``options``, the companies they
@@ -379,10 +378,8 @@ class Reach:
 
 def companies_of(person: Person, client: Client) -> Reach:
     """The person's ``Reach`` at ``client``."""
-    if not _COMPANIES:
-        _COMPANIES.append(_companies_statement())
     rows = db.session.execute(
-        _COMPANIES[0], {"person_id": person.id, "client_id": client.id, "now": utcnow()}
+        _companies_statement(), {"person_id": person.id, "client_id": client.id, "now": utcnow()}
     ).all()
     options = [(company, list(roles)) for company, roles, _, _ in rows if company.is_active]
     if client.members_authorised_only and options:

@@ -12,6 +12,7 @@ every token of those families at once on every worker (one indexed query per che
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -167,6 +168,7 @@ class Parties:
     consent_receipt: str | None = None
 
 
+@functools.cache  # built once, on first use (its models import this module)
 def _parties_statement() -> Any:
     from idp.authn.models import LoginSession
     from idp.consent.models import Consent, ConsentReceipt
@@ -207,9 +209,6 @@ def _parties_statement() -> Any:
     )
 
 
-_PARTIES: list[Any] = []
-
-
 def load_parties(
     *,
     person_id: int,
@@ -221,10 +220,8 @@ def load_parties(
 ) -> Parties | None:
     """One query for the parties of a grant to ``client_id``; None when the person or company
     is gone."""
-    if not _PARTIES:
-        _PARTIES.append(_parties_statement())
     rows = db.session.execute(
-        _PARTIES[0],
+        _parties_statement(),
         {
             "person_id": person_id,
             "company_id": company_id,
@@ -239,7 +236,7 @@ def load_parties(
     ).all()
     if not rows:
         return None
-    held = [(found, role) for *_, found, role in rows if found is not None]
+    held = [role for *_, found, role in rows if found is not None]
     person, company, agent, membership, session, consent, receipt, *_ = rows[0]
     return Parties(
         person,
@@ -248,7 +245,7 @@ def load_parties(
         membership,
         session,
         consent,
-        eservice_roles=sorted({r for _, r in held if r}) if held else None,
+        eservice_roles=sorted({r for r in held if r}) if held else None,
         consent_receipt=receipt,
     )
 
