@@ -6,14 +6,15 @@ every machine sees the same state. Nothing here lives only in process memory.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from flask import Flask, current_app
+from flask import Flask, current_app, g
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -25,6 +26,8 @@ from idp.oauth.models import RateCounter, ReplayEntry
 # Set in a WSGI environ once its request was counted against the rate limits (by the hot
 # path, idp.oauth.hotpath), so that the full path, answering it instead, does not count again.
 COUNTED = "idp.rate_counted"
+# Attribute of flask.g: the writes of an open ``batch``, key -> (JSON, ttl), in order.
+_BATCH = "idp_cache_batch"
 
 
 def init_app(app: Flask) -> None:
@@ -55,16 +58,73 @@ def shared() -> bool:
     return _redis() is not None
 
 
+@contextlib.contextmanager
+def batch() -> Iterator[None]:
+    """Within it, ``keep`` writes wait and go to Redis together, in one round trip, when it
+    ends without an exception; an exception drops them, as a rollback would. ``peek`` and
+    ``take`` see the waiting writes. Without Redis, or inside another batch, it changes
+    nothing. For a request that keeps several things (a pending authorization and its
+    sign-in challenge)."""
+    if _redis() is None or hasattr(g, _BATCH):
+        yield
+        return
+    waiting: dict[str, tuple[str, int]] = {}
+    setattr(g, _BATCH, waiting)
+    try:
+        yield
+    finally:
+        delattr(g, _BATCH)
+    if waiting:
+        pipe = _redis().pipeline(transaction=False)
+        _queue_sets(pipe, waiting)
+        pipe.execute()
+
+
+def _waiting() -> dict[str, tuple[str, int]] | None:
+    waiting: dict[str, tuple[str, int]] | None = getattr(g, _BATCH, None)
+    return waiting
+
+
+def _queue_sets(pipe: Any, waiting: dict[str, tuple[str, int]]) -> None:
+    for key, (raw, ttl) in waiting.items():
+        pipe.set(key, raw, ex=ttl)
+    waiting.clear()
+
+
 def keep(namespace: str, value: str, payload: dict[str, Any], *, ttl: int) -> None:
     """Keep ``payload`` for ``ttl`` seconds under ``value`` (stored as a digest), replacing what
     was kept there: read with ``peek``, or taken once by ``take``. Redis only (``shared()``):
-    callers keep their own table otherwise."""
-    _redis().set(_key(namespace, value), json.dumps(payload), ex=max(1, ttl))
+    callers keep their own table otherwise. Inside a ``batch``, written when it ends."""
+    key, raw, ex = _key(namespace, value), json.dumps(payload), max(1, ttl)
+    waiting = _waiting()
+    if waiting is not None:
+        waiting.pop(key, None)  # a later write of the key goes after the others
+        waiting[key] = (raw, ex)
+        return
+    _redis().set(key, raw, ex=ex)
+
+
+def keep_once(namespace: str, value: str, payload: dict[str, Any], *, ttl: int) -> bool:
+    """``keep`` and, in the same round trip, mark ``value`` as ended once and for all (``SET
+    NX`` of a marker beside it, for ``ttl`` seconds): True for the one caller that marked it,
+    False for any other (a racing request), whose write then changes nothing that matters as
+    long as both write the same ending. Redis only; executes with what a ``batch`` holds."""
+    key, raw, ex = _key(namespace, value), json.dumps(payload), max(1, ttl)
+    pipe = _redis().pipeline(transaction=False)
+    waiting = _waiting()
+    if waiting is not None:
+        waiting.pop(key, None)
+        _queue_sets(pipe, waiting)
+    pipe.set(f"{key}:ended", b"1", nx=True, ex=ex)
+    pipe.set(key, raw, ex=ex)
+    return bool(pipe.execute()[-2])
 
 
 def peek(namespace: str, value: str) -> dict[str, Any] | None:
     """The payload kept under ``value`` (left in place), or None. Redis only."""
-    raw = _redis().get(_key(namespace, value))
+    key = _key(namespace, value)
+    waiting = _waiting()
+    raw = waiting[key][0] if waiting and key in waiting else _redis().get(key)
     if raw is None:
         return None
     payload: dict[str, Any] = json.loads(raw)
@@ -74,10 +134,15 @@ def peek(namespace: str, value: str) -> dict[str, Any] | None:
 def take(namespace: str, value: str) -> dict[str, Any] | None:
     """The payload kept under ``value``, removed as it is read (one atomic ``GETDEL``: of
     racing takers, one gets it), or None when unknown, expired or taken. Redis only."""
-    raw = _redis().getdel(_key(namespace, value))
+    key = _key(namespace, value)
+    waiting = _waiting()
+    if waiting and key in waiting:
+        payload: dict[str, Any] = json.loads(waiting.pop(key)[0])
+        return payload
+    raw = _redis().getdel(key)
     if raw is None:
         return None
-    payload: dict[str, Any] = json.loads(raw)
+    payload = json.loads(raw)
     return payload
 
 

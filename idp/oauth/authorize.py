@@ -16,7 +16,8 @@ from typing import Any
 
 from authlib.oauth2.rfc6749 import OAuth2Error
 from flask import current_app
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.orm.attributes import set_committed_value
 
 from idp import cache
 from idp.authn.models import LoginSession
@@ -37,6 +38,9 @@ from idp.security import digest, new_secret
 
 PENDING_TTL = 15 * 60
 PENDING_PREFIX = "cia_"
+_ENDED = (
+    "This sign-in request has expired or was already used. Start again from the site you came from."
+)
 
 
 # --- where a pending authorization lives -------------------------------------------------------
@@ -92,6 +96,35 @@ def save(pending: Pending) -> None:
         # Kept a minute past its expiry, so that a late step is told it expired.
         ttl = int((pending.expires_at - utcnow()).total_seconds()) + 60
         cache.keep(PENDING_NAMESPACE, pending.handle_hash, pending.as_json(), ttl=max(1, ttl))
+
+
+def complete(pending: Pending) -> None:
+    """End ``pending`` once and for all (a code or an error is going back to the client),
+    compare-and-set where it lives: of two requests racing to end it, one goes on and the
+    other gets ``AuthorizationPageError``, as if it had come after. A database row's change
+    goes with the caller's commit (the row stays locked until then); Redis's at once."""
+    now = utcnow()
+    if isinstance(pending, SharedPending):
+        pending.completed_at = now
+        ttl = int((pending.expires_at - now).total_seconds()) + 60
+        ended = cache.keep_once(
+            PENDING_NAMESPACE, pending.handle_hash, pending.as_json(), ttl=max(1, ttl)
+        )
+    else:
+        changed = db.session.execute(
+            update(PendingAuthorization)
+            .where(
+                PendingAuthorization.id == pending.id,
+                PendingAuthorization.completed_at.is_(None),
+            )
+            .values(completed_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        ended = getattr(changed, "rowcount", 0) == 1
+        if ended:
+            set_committed_value(pending, "completed_at", now)
+    if not ended:
+        raise AuthorizationPageError("invalid_request", _ENDED)
 
 
 # --- outcomes ---------------------------------------------------------------------------------
@@ -181,8 +214,7 @@ def _error_redirect(
 
 
 def _fail(error_cls: type[OAuth2Error], description: str, pending: Pending) -> ClientRedirect:
-    pending.completed_at = utcnow()
-    save(pending)
+    complete(pending)
     db.session.commit()
     return _error_redirect(
         error_cls(description), pending.params, pending.params.get("redirect_uri")
@@ -277,12 +309,7 @@ def find_pending(handle: str | None) -> Pending:
     else:
         pending = db.session.scalars(_PENDING_BY_HANDLE, {"handle_hash": digest(handle)}).first()
     if pending is None or pending.completed_at is not None or pending.expires_at <= utcnow():
-        raise AuthorizationPageError(
-            "invalid_request",
-            "This sign-in request has expired or "
-            "was already used. Start again from the site you came "
-            "from.",
-        )
+        raise AuthorizationPageError("invalid_request", _ENDED)
     return pending
 
 
@@ -592,8 +619,7 @@ def _issue_code(
         grant = server.get_authorization_grant(request)
         redirect_uri = grant.validate_authorization_request()
     except OAuth2Error as error:
-        pending.completed_at = utcnow()
-        save(pending)
+        complete(pending)
         db.session.commit()
         return _error_redirect(error, pending.params, error.redirect_uri)
     principal = Principal(
@@ -607,8 +633,7 @@ def _issue_code(
         amr=list(session.amr),
         claims_request=parse_claims_request(pending.params.get("claims")),
     )
-    pending.completed_at = utcnow()
-    save(pending)  # Redis's copy now; the database's commits with the code
+    complete(pending)  # Redis's copy now; the database's commits with the code
     mode = pending.params.get("response_mode") or "query"  # read before the code's commit
     _, params, _ = grant.create_authorization_response(redirect_uri, principal)
     return ClientRedirect(redirect_uri, list(params), mode)

@@ -45,15 +45,18 @@ def authorize() -> Response:
     source = request.args if request.method == "GET" else request.form
     values = {k: source.getlist(k) for k in source}
     try:
-        started = flow.start(values)
-        if isinstance(started, flow.ClientRedirect):
-            return _client_redirect(started)
-        handle, pending = started
-        _remember_pending(handle)
-        response = _render(flow.resume(handle, current_login_session(), pending=pending))
-        # The pending authorization, committed with what it led to (the sign-in page's
-        # challenge, a code) or here.
-        db.session.commit()
+        # With Redis, the pending authorization and the sign-in page's challenge are written
+        # together (one round trip), and not at all when the request fails.
+        with cache.batch():
+            started = flow.start(values)
+            if isinstance(started, flow.ClientRedirect):
+                return _client_redirect(started)
+            handle, pending = started
+            _remember_pending(handle)
+            response = _render(flow.resume(handle, current_login_session(), pending=pending))
+            # The pending authorization, committed with what it led to (the sign-in page's
+            # challenge, a code) or here.
+            db.session.commit()
         return response
     except flow.AuthorizationPageError as exc:
         return page_error(exc.status, _title(exc.error), exc.description)
