@@ -280,20 +280,16 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         used = db.session.scalars(
             select(AuthorizationCode).where(AuthorizationCode.code_hash == digest(code))
         ).first()
-        if (
-            used is not None
-            and used.client_id == client.id
-            and used.used_at is not None
-            and used.grant_id is not None
-        ):
-            tokens.revoke_grant(
-                used.grant_id, reason="code_reuse", actor=f"client:{client.client_id}"
-            )
+        if used is not None and used.client_id == client.id and used.used_at is not None:
+            issued = db.session.scalars(
+                select(tokens.Grant.id).where(tokens.Grant.code_id == used.id)
+            ).first()
+            if issued is not None:
+                tokens.revoke_grant(issued, reason="code_reuse", actor=f"client:{client.client_id}")
         return None
 
     def delete_authorization_code(self, authorization_code: AuthorizationCode) -> None:
-        principal: Principal = self.request.user
-        authorization_code.grant_id = principal.grant_id
+        """Nothing to do: the code was spent when claimed, and its grant names it (code_id)."""
 
     def authenticate_user(self, authorization_code: AuthorizationCode) -> Principal | None:
         code = authorization_code
@@ -334,6 +330,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             authorization_details=code.authorization_details,
             consent_id=code.consent_id,
             consent_expires_at=consent_expires_at,
+            code_id=code.id,
         )
         principal = tokens.principal_from(parties, grant, client=self.request.client)
         if principal is None:

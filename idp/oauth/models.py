@@ -47,8 +47,6 @@ class AuthorizationCode(Base, AuthorizationCodeMixin):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[dt.datetime] = mapped_column(index=True)
     used_at: Mapped[dt.datetime | None]
-    # The grant created when the code was redeemed, revoked if the code is presented again.
-    grant_id: Mapped[int | None] = mapped_column(ForeignKey("grants.id", ondelete="SET NULL"))
 
     def get_redirect_uri(self) -> str:
         return self.redirect_uri
@@ -106,6 +104,12 @@ class Grant(Base):
     # The consent this family was issued under; revoking it revokes the grant.
     consent_id: Mapped[int | None] = mapped_column(
         ForeignKey("consents.id", ondelete="SET NULL"), index=True
+    )
+    # The authorization code redeemed for this family (None for other grant types, or once the
+    # code is purged): presented again, the code revokes the family (RFC 6749 §4.1.2). Written
+    # with the grant, so redeeming a code updates nothing after.
+    code_id: Mapped[int | None] = mapped_column(
+        ForeignKey("authorization_codes.id", ondelete="SET NULL"), index=True
     )
     auth_time: Mapped[dt.datetime]
     acr: Mapped[str | None] = mapped_column(String(64))

@@ -109,10 +109,12 @@ def create_grant(
     authorization_details: list[dict[str, Any]] | None = None,
     consent_id: int | None = None,
     consent_expires_at: dt.datetime | None = None,
+    code_id: int | None = None,
 ) -> Grant:
     """Start a token family for one authorization (flushed, not committed); with
     ``agent_company_id`` the person acts for ``company`` as a member of that agent company.
-    Under a consent (``consent_id``) the family ends when the consent expires, at the latest."""
+    Under a consent (``consent_id``) the family ends when the consent expires, at the latest.
+    ``code_id``: the authorization code redeemed for it (revoked with it if replayed)."""
     expires_at = utcnow() + dt.timedelta(seconds=int(_cfg("REFRESH_TOKEN_TTL")))
     if consent_expires_at is not None:
         if consent_expires_at.tzinfo is None:
@@ -133,6 +135,7 @@ def create_grant(
         amr=list(amr),
         authorization_details=authorization_details,
         consent_id=consent_id,
+        code_id=code_id,
         expires_at=expires_at,
     )
     db.session.add(grant)
