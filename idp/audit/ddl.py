@@ -1,9 +1,9 @@
 """The append-only guards of audit_events in the generated migration.
 
-``migrations/regenerate.sh`` rewrites the initial migration from the models, and Alembic's
-autogenerate does not see triggers: ``add_guards`` (a ``process_revision_directives`` hook of
-``migrations/env.py``) appends them whenever a migration creates the audit_events table, written
-out as literal SQL per dialect so that the migration imports no application code.
+Alembic's autogenerate does not see triggers: ``add_guards`` (a ``process_revision_directives``
+hook of ``migrations/env.py``) appends them whenever a generated migration creates the
+audit_events table (as ``0001`` does), written out as literal SQL per dialect so that the
+migration imports no application code.
 """
 
 from __future__ import annotations

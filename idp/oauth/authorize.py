@@ -542,12 +542,12 @@ def choose_company(
     """Record the company the person acts for (only one they may act for), directly or as a
     member of ``agent_company_id`` under a third-party authorisation, then resume."""
     pending = find_pending(handle)
-    client = db.session.get(Client, pending.client_id)
+    client = _client_of(pending)
     if session is None or client is None:
-        return resume(handle, session)
+        return resume(handle, session, pending=pending)
     person = db.session.get(Person, session.person_id)
     if person is None:
-        return resume(handle, None)
+        return resume(handle, None, pending=pending)
     if agent_company_id is None:
         allowed = company_id in {c.id for c, _ in active_companies(person, client)}
     else:
@@ -561,7 +561,7 @@ def choose_company(
     pending.agent_company_id = agent_company_id
     save(pending)
     db.session.commit()
-    return resume(handle, session)
+    return resume(handle, session, pending=pending)
 
 
 def decide_consent(
@@ -571,10 +571,10 @@ def decide_consent(
     ``access_denied`` to the client."""
     from authlib.oauth2.rfc6749 import AccessDeniedError
 
-    outcome = resume(handle, session)
+    pending = find_pending(handle)  # read once: both walks below use it
+    outcome = resume(handle, session, pending=pending)
     if not isinstance(outcome, NeedConsent):
         return outcome
-    pending = find_pending(handle)
     if not allow:
         return _fail(AccessDeniedError, "The person declined.", pending)
     assert session is not None
@@ -594,7 +594,7 @@ def decide_consent(
     pending.consented_at = utcnow()
     save(pending)
     db.session.commit()
-    return resume(handle, session)
+    return resume(handle, session, pending=pending)
 
 
 def _issue_code(

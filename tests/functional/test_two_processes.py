@@ -45,12 +45,12 @@ import sys
 from werkzeug.serving import make_server
 from idp import create_app
 
-url, keys_dir, secret, issuer = sys.argv[1:5]
+url, keys_dir, secret, issuer, redis_url = sys.argv[1:6]
 server = make_server("127.0.0.1", 0, None, threaded=True)
 issuer = issuer or f"http://127.0.0.1:{server.server_port}"
 server.app = create_app({"ISSUER": issuer, "DATABASE_URL": url, "KEYS_DIR": keys_dir,
-                         "SECRET_KEY": secret, "CLIENT_CACHE_TTL": 0, "JWKS_CACHE_TTL": 0,
-                         "LOG_LEVEL": "WARNING"})
+                         "SECRET_KEY": secret, "REDIS_URL": redis_url,
+                         "CLIENT_CACHE_TTL": 0, "JWKS_CACHE_TTL": 0, "LOG_LEVEL": "WARNING"})
 print(server.server_port, flush=True)
 server.serve_forever()
 """
@@ -75,15 +75,18 @@ def scratch_database() -> Iterator[str]:
 
 
 @pytest.fixture
-def workers(scratch_database: str, tmp_path: Path) -> Iterator[tuple[Flask, Worker, Worker]]:
+def workers(scratch_database: str, tmp_path: Path, redis_url: str | None
+            ) -> Iterator[tuple[Flask, Worker, Worker]]:
     """An app in this process for setting up data, and two server processes sharing its
-    database, SECRET_KEY and issuer (as two workers behind one load balancer)."""
+    database, SECRET_KEY, issuer and Redis (as two workers behind one load balancer). Redis is
+    this test worker's own database (another xdist worker flushes its own between tests)."""
     keys_dir = str(tmp_path / "keys")
     started: list[subprocess.Popen[str]] = []
 
     def start(issuer: str) -> Worker:
         process = subprocess.Popen(
-            [sys.executable, "-c", SERVER, scratch_database, keys_dir, SECRET_KEY, issuer],
+            [sys.executable, "-c", SERVER, scratch_database, keys_dir, SECRET_KEY, issuer,
+             redis_url or ""],
             stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
         started.append(process)
         assert process.stdout is not None
@@ -99,7 +102,7 @@ def workers(scratch_database: str, tmp_path: Path) -> Iterator[tuple[Flask, Work
         # serving processes seal their own events.
         setup = create_app({"ISSUER": issuer, "DATABASE_URL": scratch_database,
                             "KEYS_DIR": keys_dir, "SECRET_KEY": SECRET_KEY,
-                            "AUDIT_SEAL_INTERVAL": 0})
+                            "REDIS_URL": redis_url or "", "AUDIT_SEAL_INTERVAL": 0})
         with setup.app_context():
             schema.upgrade()
             keys.ensure_keys(actor="tests")
