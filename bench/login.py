@@ -140,18 +140,19 @@ SERVER_LIMITS = {
 }
 
 
-def pg_admin(sql: str) -> None:
+def pg_admin(sql: str, db: str = PG_DB) -> None:
+    """``sql`` as the PostgreSQL superuser; only ever about the scratch database ``db``."""
     import psycopg
 
-    assert PG_DB in sql
+    assert db in sql
     assert " test" not in sql
     with psycopg.connect(common.PG_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
         conn.execute(sql)  # type: ignore[arg-type]
 
 
-def drop_db() -> None:
+def drop_db(db: str = PG_DB) -> None:
     with contextlib.suppress(Exception):
-        pg_admin(f"DROP DATABASE IF EXISTS {PG_DB} WITH (FORCE)")
+        pg_admin(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)", db)
 
 
 def db_exists() -> bool:
@@ -323,10 +324,10 @@ class Browser:
                 self.cookies[name.strip()] = value.strip()
         return status, out, data
 
-    def login(self, person: int, journey: str, times: dict[str, float]) -> None:
-        """One whole login of ``person``; raises ``Failed``. ``times``: seconds per step."""
+    def begin(self) -> tuple[str, str, str, str]:
+        """A new browser (empty cookie jar) and its authorization request: the ``/authorize``
+        path (PKCE S256), then the code verifier, the state and the nonce."""
         self.cookies = {}  # a new browser
-        clock = time.perf_counter
         verifier = secrets.token_urlsafe(32)
         state, nonce = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
         challenge = b64url(hashlib.sha256(verifier.encode()).digest())
@@ -334,8 +335,41 @@ class Browser:
                            "redirect_uri": REDIRECT_URI, "scope": SCOPE, "state": state,
                            "nonce": nonce, "code_challenge": challenge,
                            "code_challenge_method": "S256"})
+        return f"/authorize?{query}", verifier, state, nonce
+
+    def code_from(self, step: str, status: int, headers: dict[str, str], state: str) -> str:
+        """The code of an answer that sends the browser back to the client (a 303 with code,
+        state and iss); raises ``Failed`` for ``step`` otherwise."""
+        location = headers.get("location", "")
+        if status != 303 or not location.startswith(REDIRECT_URI + "?"):
+            raise Failed(step, f"status {status}, not back to the client")
+        answer = {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
+        if answer.get("state") != state or answer.get("iss") != self.issuer or "code" not in answer:
+            raise Failed(step, f"bad redirect {sorted(answer)}")
+        return answer["code"]
+
+    def redeem(self, code: str, verifier: str, nonce: str) -> None:
+        """The client's token request for ``code``; checks the ID token's iss, aud and nonce."""
+        form = urlencode({"grant_type": "authorization_code", "code": code,
+                          "redirect_uri": REDIRECT_URI, "client_id": self.client_id,
+                          "code_verifier": verifier}).encode()
+        status, _, data = self.request(
+            "POST", "/token", body=form,
+            headers={"Content-Type": "application/x-www-form-urlencoded"})
+        if status != 200:
+            raise Failed("token", f"status {status} {data[:160]!r}")
+        id_token = json.loads(data).get("id_token", "")
+        claims = json.loads(unb64url(id_token.split(".")[1])) if id_token.count(".") == 2 else {}
+        if (claims.get("nonce") != nonce or claims.get("iss") != self.issuer
+                or claims.get("aud") not in (self.client_id, [self.client_id])):
+            raise Failed("token", "ID token missing or its iss/aud/nonce wrong")
+
+    def login(self, person: int, journey: str, times: dict[str, float]) -> None:
+        """One whole login of ``person``; raises ``Failed``. ``times``: seconds per step."""
+        clock = time.perf_counter
+        path, verifier, state, nonce = self.begin()
         t = clock()
-        status, headers, page = self.request("GET", f"/authorize?{query}")
+        status, headers, page = self.request("GET", path)
         if status == 303 and "/login?" in headers.get("location", ""):
             # A provider that sends the browser to a separate sign-in page.
             t, times["authorize"] = clock(), times.get("authorize", 0.0) + clock() - t
@@ -390,30 +424,25 @@ class Browser:
             if not headers.get("location", "").startswith(REDIRECT_URI + "?"):
                 status, headers, _ = self.request("GET", _path(headers["location"]))
             step = "consent"
-        location = headers.get("location", "")
-        if status != 303 or not location.startswith(REDIRECT_URI + "?"):
-            raise Failed(step, f"status {status}, not back to the client")
-        answer = {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
-        if answer.get("state") != state or answer.get("iss") != self.issuer or "code" not in answer:
-            raise Failed(step, f"bad redirect {sorted(answer)}")
+        code = self.code_from(step, status, headers, state)
         t, times[step] = clock(), times.get(step, 0.0) + clock() - t
-        form = urlencode({"grant_type": "authorization_code", "code": answer["code"],
-                          "redirect_uri": REDIRECT_URI, "client_id": self.client_id,
-                          "code_verifier": verifier}).encode()
-        status, _, data = self.request(
-            "POST", "/token", body=form,
-            headers={"Content-Type": "application/x-www-form-urlencoded"})
-        if status != 200:
-            raise Failed("token", f"status {status} {data[:160]!r}")
-        id_token = json.loads(data).get("id_token", "")
-        claims = json.loads(unb64url(id_token.split(".")[1])) if id_token.count(".") == 2 else {}
-        if (claims.get("nonce") != nonce or claims.get("iss") != self.issuer
-                or claims.get("aud") not in (self.client_id, [self.client_id])):
-            raise Failed("token", "ID token missing or its iss/aud/nonce wrong")
+        self.redeem(code, verifier, nonce)
         times["token"] = times.get("token", 0.0) + clock() - t
 
     def assertion(self, person: int, options: dict[str, Any]) -> dict[str, Any]:
         """What the person's security key answers (UP and UV set, ES256)."""
+        client_data, auth_data, signature = self.sign(person, options["challenge"])
+        raw_id = b64url(credential_id_of(self.seed, person))
+        return {"id": raw_id, "rawId": raw_id, "type": "public-key",
+                "authenticatorAttachment": "cross-platform", "clientExtensionResults": {},
+                "response": {"clientDataJSON": b64url(client_data),
+                             "authenticatorData": b64url(auth_data),
+                             "signature": b64url(signature),
+                             "userHandle": b64url(subject_of(self.seed, person).encode())}}
+
+    def sign(self, person: int, challenge: str) -> tuple[bytes, bytes, bytes]:
+        """The person's key signing ``challenge``: client data, authenticator data (UP and UV
+        set, a counter that only grows) and the ES256 signature over both."""
         from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -422,19 +451,13 @@ class Browser:
             key = self.keys[person] = private_key_of(self.seed, person)
         tick = int((time.time() - COUNTER_EPOCH) * 10)
         count = self.counters[person] = max(tick, self.counters.get(person, 0) + 1)
-        client_data = json.dumps({"type": "webauthn.get", "challenge": options["challenge"],
+        client_data = json.dumps({"type": "webauthn.get", "challenge": challenge,
                                   "origin": self.issuer, "crossOrigin": False},
                                  separators=(",", ":")).encode()
         auth_data = self.rp_hash + bytes([0x05]) + struct.pack(">I", count)
         signature = key.sign(auth_data + hashlib.sha256(client_data).digest(),
                              ec.ECDSA(hashes.SHA256()))
-        raw_id = b64url(credential_id_of(self.seed, person))
-        return {"id": raw_id, "rawId": raw_id, "type": "public-key",
-                "authenticatorAttachment": "cross-platform", "clientExtensionResults": {},
-                "response": {"clientDataJSON": b64url(client_data),
-                             "authenticatorData": b64url(auth_data),
-                             "signature": b64url(signature),
-                             "userHandle": b64url(subject_of(self.seed, person).encode())}}
+        return client_data, auth_data, signature
 
 
 def _path(location: str) -> str:
@@ -477,9 +500,9 @@ class Connection:
 # --- the load generator process ---------------------------------------------------------------
 
 
-def worker_main() -> int:
-    """``login.py --worker``: run threads of virtual browsers from a JSON job on stdin, print
-    the figures of the logins finished inside the measured window as JSON."""
+def worker_main(browser_class: type[Browser] = Browser) -> int:
+    """``login.py --worker``: run threads of virtual browsers (``browser_class``) from a JSON
+    job on stdin, print the figures of the logins finished inside the measured window as JSON."""
     job = json.loads(sys.stdin.read())
     start_at, end_at = job["start_at"], job["end_at"]
     lock = threading.Lock()
@@ -495,8 +518,8 @@ def worker_main() -> int:
         mine = list(range(vb + 1, job["people"] + 1, job["browsers"]))
         rng.shuffle(mine)
         conn = Connection(job["port"], job["host_header"])
-        browser = Browser(conn, issuer=job["issuer"], client_id=job["client_id"],
-                          seed=job["seed"])
+        browser = browser_class(conn, issuer=job["issuer"], client_id=job["client_id"],
+                                seed=job["seed"])
         n = 0
         while time.time() < end_at:
             person = mine[n % len(mine)]
@@ -585,9 +608,7 @@ def count_sql(backend: LoginBackend, client_id: str, journey: str, seed: str,
         step = current_step(path, method)
         n, t, sql = per_step.get(step, (0, 0, []))
         per_step[step] = (n + len(statements), t + trips[0], sql + list(statements))
-        out: dict[str, Any] = {k.lower(): v for k, v in resp.headers.items()}
-        out["set-cookie-list"] = resp.headers.getlist("Set-Cookie")
-        return resp.status_code, out, resp.get_data()
+        return flask_answer(resp)
 
     browser = Browser(send, issuer=backend.login_issuer, client_id=client_id, seed=seed)
     hooks = [(engine, "before_cursor_execute", on_exec), (engine, "commit", on_end),
@@ -613,21 +634,8 @@ def cpu_per_step(backend: LoginBackend, client_id: str, journey: str, seed: str,
     With ``cprofile`` the measured logins are profiled into that file (pstats format)."""
     import cProfile
 
-    app = backend.app
-    test_client = app.test_client(use_cookies=False)
     cpu: dict[str, float] = {}
-
-    def send(method: str, path: str, headers: dict[str, str],
-             body: bytes | None) -> tuple[int, dict[str, Any], bytes]:
-        started = time.thread_time()  # this thread's: not the audit sealer's, say
-        resp = test_client.open(path, method=method, headers=headers, data=body,
-                                base_url=backend.login_issuer)
-        step = current_step(path, method)
-        cpu[step] = cpu.get(step, 0.0) + time.thread_time() - started
-        out: dict[str, Any] = {k.lower(): v for k, v in resp.headers.items()}
-        out["set-cookie-list"] = resp.headers.getlist("Set-Cookie")
-        return resp.status_code, out, resp.get_data()
-
+    send = cpu_send(backend.app, backend.login_issuer, cpu)
     browser = Browser(send, issuer=backend.login_issuer, client_id=client_id, seed=seed)
     for n in range(3):
         browser.login(people - 10 - n, journey, {})
@@ -648,6 +656,30 @@ def cpu_per_step(backend: LoginBackend, client_id: str, journey: str, seed: str,
         profiler.disable()
         profiler.dump_stats(cprofile)
     return best
+
+
+def cpu_send(app: Any, issuer: str, cpu: dict[str, float]) -> Send:
+    """A ``Send`` through ``app``'s test client (the Browser keeps the cookie jar) that adds
+    each request's CPU seconds, this thread's, to ``cpu[step]``."""
+    test_client = app.test_client(use_cookies=False)
+
+    def send(method: str, path: str, headers: dict[str, str],
+             body: bytes | None) -> tuple[int, dict[str, Any], bytes]:
+        started = time.thread_time()  # this thread's: not the audit sealer's, say
+        resp = test_client.open(path, method=method, headers=headers, data=body,
+                                base_url=issuer)
+        step = current_step(path, method)
+        cpu[step] = cpu.get(step, 0.0) + time.thread_time() - started
+        return flask_answer(resp)
+
+    return send
+
+
+def flask_answer(resp: Any) -> tuple[int, dict[str, Any], bytes]:
+    """A test client's response as a ``Send`` answers it."""
+    out: dict[str, Any] = {k.lower(): v for k, v in resp.headers.items()}
+    out["set-cookie-list"] = resp.headers.getlist("Set-Cookie")
+    return resp.status_code, out, resp.get_data()
 
 
 def current_step(path: str, method: str) -> str:
@@ -672,30 +704,18 @@ def current_step(path: str, method: str) -> str:
 def measure(backend: LoginBackend, server: common.Server, args: argparse.Namespace,
             client_id: str) -> dict[str, Any]:
     """Start the load generators, warm up, measure; the figures and the CPU split."""
-    procs = max(1, min(args.procs, args.concurrency))
     if args.wait_quiet > 0:
         busy = common.wait_quiet(args.wait_quiet)
         if busy > 0.25:
             log(f"machine still busy ({busy:.2f} cores) before the run")
     start_at = time.time() + 1.0 + args.warmup  # 1 s to start the generators
     end_at = start_at + args.duration
-    gens = []
-    per = [args.concurrency // procs + (1 if k < args.concurrency % procs else 0)
-           for k in range(procs)]
-    first = 0
-    for k in range(procs):
-        job = {"port": backend.port, "host_header": f"localhost:{backend.port}",
-               "issuer": backend.login_issuer, "client_id": client_id, "seed": args.seed,
-               "people": args.people, "journey": args.journey, "threads": per[k],
-               "first_browser": first, "browsers": args.concurrency, "start_at": start_at,
-               "end_at": end_at}
-        first += per[k]
-        proc = subprocess.Popen([sys.executable, __file__, "--worker"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, cwd=ROOT, start_new_session=True)
-        assert proc.stdin is not None
-        proc.stdin.write(json.dumps(job).encode())
-        proc.stdin.close()
-        gens.append(proc)
+    gens: list[subprocess.Popen[bytes]] = []
+    job = {"port": backend.port, "host_header": f"localhost:{backend.port}",
+           "issuer": backend.login_issuer, "client_id": client_id, "seed": args.seed,
+           "people": args.people, "journey": args.journey, "start_at": start_at,
+           "end_at": end_at}
+    start_generators(__file__, job, args.concurrency, args.procs, gens)
     groups = {p.pid: "loadgen" for p in gens}
     pgid = server.proc.pid if server.proc else -1
     time.sleep(max(0.0, start_at - time.time()))
@@ -706,14 +726,41 @@ def measure(backend: LoginBackend, server: common.Server, args: argparse.Namespa
     after = common.cpu_snapshot(pgid, groups)
     cpu = common.cpu_split(before, after, 0.0, time.monotonic() - wall)
     cpu.pop("wrk", None)
+    fig = gather(gens, args.duration)
+    if spy is not None:
+        spy.wait(timeout=60)
+    fig["cpu"] = cpu
+    return fig
+
+
+def start_generators(script: str, job: dict[str, Any], concurrency: int, procs: int,
+                     gens: list[subprocess.Popen[bytes]]) -> None:
+    """Up to ``procs`` load generator processes (``script --worker``, each in its own process
+    group) sharing ``concurrency`` virtual browsers, each given ``job`` and its share of the
+    browsers; appended to ``gens`` as they start, so that the caller can stop them."""
+    procs = max(1, min(procs, concurrency))
+    per = [concurrency // procs + (1 if k < concurrency % procs else 0) for k in range(procs)]
+    first = 0
+    for k in range(procs):
+        share = {**job, "threads": per[k], "first_browser": first, "browsers": concurrency}
+        first += per[k]
+        proc = subprocess.Popen([sys.executable, script, "--worker"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, cwd=ROOT, start_new_session=True)
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps(share).encode())
+        proc.stdin.close()
+        gens.append(proc)
+
+
+def gather(gens: list[subprocess.Popen[bytes]], duration: float) -> dict[str, Any]:
+    """The load generators' figures once they finish: complete logins, logins/s, latency of a
+    whole login (ms: p50, p90, p99, max, mean), mean ms per step, errors and error samples."""
     results = []
     for proc in gens:
         assert proc.stdout is not None
         out = proc.stdout.read()
         proc.wait(timeout=90)
         results.append(json.loads(out))
-    if spy is not None:
-        spy.wait(timeout=60)
     latencies = sorted(x for r in results for x in r["latencies"])
     step_sums: dict[str, float] = {}
     errors: dict[str, int] = {}
@@ -727,12 +774,11 @@ def measure(backend: LoginBackend, server: common.Server, args: argparse.Namespa
     def pct(p: float) -> float:
         return latencies[min(n - 1, math.ceil(p / 100 * n) - 1)] * 1000 if n else 0.0
 
-    return {"logins": n, "rps": n / args.duration, "p50": pct(50), "p90": pct(90),
+    return {"logins": n, "rps": n / duration, "p50": pct(50), "p90": pct(90),
             "p99": pct(99), "max": latencies[-1] * 1000 if n else 0.0,
             "mean": statistics.fmean(latencies) * 1000 if n else 0.0,
             "steps": {k: v / n * 1000 for k, v in step_sums.items()} if n else {},
-            "errors": errors, "samples": [s for r in results for s in r["samples"]][:5],
-            "cpu": cpu}
+            "errors": errors, "samples": [s for r in results for s in r["samples"]][:5]}
 
 
 def start_profiler(args: argparse.Namespace, server: common.Server
@@ -816,15 +862,9 @@ def render_sql(sql: dict[str, tuple[int, int, list[str]]], args: argparse.Namesp
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--people", type=int, default=100_000)
-    p.add_argument("--per-company", type=int, default=10, help="people per company")
-    p.add_argument("--seed", default="corp-id-bench-1", help="derives subjects and keys")
+    add_data_options(p, seed="corp-id-bench-1")
     p.add_argument("--journey", choices=("returning", "first"), default="returning")
-    p.add_argument("--concurrency", type=int, default=32, help="virtual browsers")
-    p.add_argument("--procs", type=int, default=2, help="load generator processes")
-    p.add_argument("--duration", type=float, default=20.0, help="measured seconds")
-    p.add_argument("--warmup", type=float, default=5.0, help="warm-up seconds")
-    p.add_argument("--workers", type=int, default=2, help="server worker processes")
+    add_load_options(p, workers="server worker processes")
     p.add_argument("--threads", type=int, default=1,
                    help="threads per server worker (idp serve --threads; its default is 1)")
     p.add_argument("--server", choices=("granian", "gunicorn"), default="granian")
@@ -844,6 +884,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pyspy", default=shutil.which("py-spy") or "py-spy")
     p.add_argument("--out", default=str(BENCH / "results" / "login-latest.md"))
     return p.parse_args(argv)
+
+
+def add_data_options(p: argparse.ArgumentParser, *, seed: str) -> None:
+    """--people, --per-company, --seed (default ``seed``)."""
+    p.add_argument("--people", type=int, default=100_000)
+    p.add_argument("--per-company", type=int, default=10, help="people per company")
+    p.add_argument("--seed", default=seed, help="derives subjects and keys")
+
+
+def add_load_options(p: argparse.ArgumentParser, *, workers: str) -> None:
+    """--concurrency, --procs, --duration, --warmup, --workers (whose help is ``workers``)."""
+    p.add_argument("--concurrency", type=int, default=32, help="virtual browsers")
+    p.add_argument("--procs", type=int, default=2, help="load generator processes")
+    p.add_argument("--duration", type=float, default=20.0, help="measured seconds")
+    p.add_argument("--warmup", type=float, default=5.0, help="warm-up seconds")
+    p.add_argument("--workers", type=int, default=2, help=workers)
 
 
 def main(argv: list[str] | None = None) -> int:

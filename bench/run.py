@@ -390,9 +390,11 @@ DEFAULT_SERVERS = ("idp-serve", "gunicorn-gthread", "granian")
 
 
 class Server:
-    def __init__(self, name: str, argv: list[str], backend: Backend, logdir: Path) -> None:
+    def __init__(self, name: str, argv: list[str], backend: Backend, logdir: Path, *,
+                 ready_path: str = "/.well-known/openid-configuration") -> None:
         self.name, self.argv, self.backend = name, argv, backend
         self.logpath = logdir / f"{backend.name}-{name}.log"
+        self.ready_path = ready_path  # up once a GET of it answers 200
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60) -> None:
@@ -403,7 +405,7 @@ class Server:
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         _RUNNING.append(self)
         deadline = time.monotonic() + timeout
-        url = self.backend.issuer + "/.well-known/openid-configuration"
+        url = self.backend.issuer + self.ready_path
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see "
