@@ -164,7 +164,7 @@ def db_exists() -> bool:
 
 
 def schema_mark() -> str:
-    """A fingerprint of the (one, regenerated) migration: a database seeded under another
+    """A fingerprint of the migrations: a database seeded under another
     schema is seeded again rather than reused."""
     text = b"".join(p.read_bytes() for p in sorted((ROOT / "migrations" / "versions").glob("*.py")))
     return hashlib.sha256(text).hexdigest()[:8]

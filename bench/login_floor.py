@@ -33,11 +33,12 @@ and the report); the rest comes from ``login.py`` and ``run.py``.
 
 The scratch database is ``corpid_bench_floor`` (dropped at the end unless ``--reuse``), Redis
 is db 12 (keys ``floor:*``, deleted at the end); the server runs in its own process group and
-is killed on exit. The seeding and every measurement hold ``flock`` on ``/tmp/bench.lock``
-(the lock the other benchmarks take), so that they never overlap another benchmark's
-measurement on the same 2 cores; holding it, the script waits (``--wait-quiet``, up to 60 s)
-for the machine to go idle, since unlocked work (seeding, test suites) may still run. The
-``other`` column of the CPU split shows what ran anyway.
+is killed on exit. The seeding and every measurement hold ``flock`` on ``/tmp/bench.lock``,
+so that they never overlap another benchmark's measurement on the same 2 cores when those are
+run under the same lock (``flock /tmp/bench.lock python bench/login.py ...``; not around this
+script, which takes the lock itself); holding it, the script waits (``--wait-quiet``, up to
+60 s) for the machine to go idle, since unlocked work (seeding, test suites) may still run.
+The ``other`` column of the CPU split shows what ran anyway.
 """
 
 from __future__ import annotations
