@@ -6,9 +6,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import pkgutil
+from collections.abc import Iterator
 from typing import Any
 
 from alembic import command
@@ -85,13 +87,44 @@ def is_at_head() -> tuple[bool, str | None, str | None]:
     return current == head, current, head
 
 
+@contextlib.contextmanager
+def _migrating() -> Iterator[Connection]:
+    """A connection in a transaction for running migrations.
+
+    SQLite: batch mode changes a table by copying it, dropping the old one and renaming the
+    copy, and with foreign keys enforced (as the app's connections have them) dropping the old
+    table fires the ON DELETE actions of the rows that refer to it: links set to NULL, rows
+    cascaded away. So enforcement is off while migrating (it can only change outside a
+    transaction), the result is checked with ``PRAGMA foreign_key_check`` before the commit,
+    and it is back on before the connection goes back to the pool."""
+    with _engine().connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            conn.commit()
+        try:
+            with conn.begin():
+                yield conn
+                if sqlite:
+                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+                    if broken:
+                        raise ConflictError(
+                            f"the migration left {len(broken)} rows whose references are "
+                            f"broken (first: {tuple(broken[0])}); nothing was changed"
+                        )
+        finally:
+            if sqlite:
+                conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                conn.commit()
+
+
 def upgrade(revision: str = "head") -> tuple[str | None, str | None]:
     """Create or upgrade the app's database to ``revision``. Returns ``(before, after)``.
 
     Raises ``ConflictError`` when the database holds tables but no migration history (made by
     ``create_all``, say): Alembic would fail half-way, so nothing is done.
     """
-    with _engine().begin() as conn:
+    with _migrating() as conn:
         before = current_revision(conn)
         if before is None:
             ours = set(metadata().tables)
@@ -110,7 +143,7 @@ def upgrade(revision: str = "head") -> tuple[str | None, str | None]:
 def downgrade(revision: str) -> tuple[str | None, str | None]:
     """Downgrade the app's database to ``revision`` ("base" for empty). Returns
     ``(before, after)``."""
-    with _engine().begin() as conn:
+    with _migrating() as conn:
         before = current_revision(conn)
         command.downgrade(alembic_config(conn), revision)
         after = current_revision(conn)

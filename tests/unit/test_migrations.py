@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +88,9 @@ def test_alembic_command_line_uses_the_app_settings(tmp_path: Path) -> None:
     assert f"{schema.head_revision()} (head)" in result.stdout
 
 
-@pytest.mark.postgres
-def test_postgresql_upgrade_matches_models_and_downgrades(make_app: Callable[..., Flask]) -> None:
+@contextlib.contextmanager
+def _scratch_postgres() -> Iterator[str]:
+    """The URL of an empty PostgreSQL database, dropped afterwards (skips without one)."""
     base = os.environ.get("IDP_TEST_DATABASE_URL", "")
     if not base.startswith("postgresql"):
         pytest.skip("set IDP_TEST_DATABASE_URL to a PostgreSQL URL")
@@ -97,15 +99,20 @@ def test_postgresql_upgrade_matches_models_and_downgrades(make_app: Callable[...
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     try:
-        url = make_url(base).set(database=name).render_as_string(hide_password=False)
-        app = make_app(tables=False, keys=False, DATABASE_URL=url)
-        _upgrade_check_downgrade(app)
-        with app.app_context():
-            db.engine.dispose()
+        yield make_url(base).set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.mark.postgres
+def test_postgresql_upgrade_matches_models_and_downgrades(make_app: Callable[..., Flask]) -> None:
+    with _scratch_postgres() as url:
+        app = make_app(tables=False, keys=False, DATABASE_URL=url)
+        _upgrade_check_downgrade(app)
+        with app.app_context():
+            db.engine.dispose()
 
 
 def _insert(conn: Any, table: str, **given: Any) -> None:
@@ -123,29 +130,56 @@ def _insert(conn: Any, table: str, **given: Any) -> None:
         elif python_type is bool:
             values[name] = False
         else:
-            values[name] = f"{name}-{given.get('id', 0)}"
+            values[name] = str(given.get("id", 0))
     conn.execute(Table(table, MetaData(), autoload_with=conn).insert().values(values))
 
 
-def test_0002_turns_the_code_to_grant_links_around(
-    make_app: Callable[..., Flask], tmp_path: Path
-) -> None:
+def _check_0002(app: Flask) -> None:
     """A code redeemed before 0002 named its grant; after it the grant names the code (so a
     replay still revokes it), and the way back restores the old link."""
-    app = make_app(tables=False, keys=False, DATABASE_URL=f"sqlite:///{tmp_path / 'm.sqlite3'}")
     with app.app_context():
         schema.upgrade("0001")
+        sqlite = db.engine.dialect.name == "sqlite"
         with db.engine.begin() as conn:
-            conn.execute(text("PRAGMA foreign_keys=OFF"))
+            if sqlite:
+                conn.execute(text("PRAGMA foreign_keys=OFF"))
+            for table in ("clients", "people", "companies"):  # what the rows below refer to
+                _insert(conn, table, id=1)
             _insert(conn, "grants", id=7, amr="[]")
             _insert(conn, "grants", id=8, amr="[]")
             _insert(conn, "authorization_codes", id=3, grant_id=7, amr="[]", scope="openid")
             _insert(conn, "authorization_codes", id=4, amr="[]", scope="openid")  # unused
+        if sqlite:
+            with db.engine.connect() as conn:
+                # Back on, as the app has it: dropping a copied table must not null the links.
+                conn.execute(text("PRAGMA foreign_keys=ON"))
+                assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
         schema.upgrade()
         with db.engine.connect() as conn:
             rows = conn.execute(text("SELECT id, code_id FROM grants ORDER BY id")).all()
             assert [tuple(r) for r in rows] == [(7, 3), (8, None)]
+            if sqlite:
+                # Enforcement, off while migrating, is back on the connection the pool hands out.
+                assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
         schema.downgrade("0001")
         with db.engine.connect() as conn:
             rows = conn.execute(text("SELECT id, grant_id FROM authorization_codes ORDER BY id"))
             assert [tuple(r) for r in rows.all()] == [(3, 7), (4, None)]
+
+
+def test_0002_turns_the_code_to_grant_links_around_on_sqlite(
+    make_app: Callable[..., Flask], tmp_path: Path
+) -> None:
+    app = make_app(tables=False, keys=False, DATABASE_URL=f"sqlite:///{tmp_path / 'm.sqlite3'}")
+    _check_0002(app)
+
+
+@pytest.mark.postgres
+def test_0002_turns_the_code_to_grant_links_around_on_postgresql(
+    make_app: Callable[..., Flask],
+) -> None:
+    with _scratch_postgres() as url:
+        app = make_app(tables=False, keys=False, DATABASE_URL=url)
+        _check_0002(app)
+        with app.app_context():
+            db.engine.dispose()

@@ -51,8 +51,8 @@ def test_a_pending_authorization_ends_once() -> None:
 
 
 def test_the_second_of_two_racing_requests_is_refused_in_redis() -> None:
-    handle, _ = started()
-    if not isinstance(_, flow.SharedPending):
+    handle, pending = started()
+    if not isinstance(pending, flow.SharedPending):
         pytest.skip("Redis only: the database row's race is the next test")
     # Two requests read the pending authorization before either ends it.
     first = flow.find_pending(handle)
