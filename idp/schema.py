@@ -95,8 +95,9 @@ def _migrating() -> Iterator[Connection]:
     copy, and with foreign keys enforced (as the app's connections have them) dropping the old
     table fires the ON DELETE actions of the rows that refer to it: links set to NULL, rows
     cascaded away. So enforcement is off while migrating (it can only change outside a
-    transaction), the result is checked with ``PRAGMA foreign_key_check`` before the commit,
-    and it is back on before the connection goes back to the pool."""
+    transaction), the result is checked with ``PRAGMA foreign_key_check`` before the commit
+    (SQLite's DDL is not all transactional here: a failed check means restoring the backup
+    taken before upgrading), and it is back on before the connection goes back to the pool."""
     with _engine().connect() as conn:
         sqlite = conn.dialect.name == "sqlite"
         if sqlite:
@@ -110,7 +111,7 @@ def _migrating() -> Iterator[Connection]:
                     if broken:
                         raise ConflictError(
                             f"the migration left {len(broken)} rows whose references are "
-                            f"broken (first: {tuple(broken[0])}); nothing was changed"
+                            f"broken (first: {tuple(broken[0])}); restore the backup"
                         )
         finally:
             if sqlite:

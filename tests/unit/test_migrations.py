@@ -183,3 +183,21 @@ def test_0002_turns_the_code_to_grant_links_around_on_postgresql(
         _check_0002(app)
         with app.app_context():
             db.engine.dispose()
+
+
+def test_sqlite_migration_refuses_to_leave_broken_references(
+    make_app: Callable[..., Flask], tmp_path: Path
+) -> None:
+    """Enforcement is off while migrating, so what the migrations leave is checked instead."""
+    from idp.errors import ConflictError
+
+    app = make_app(tables=False, keys=False, DATABASE_URL=f"sqlite:///{tmp_path / 'm.sqlite3'}")
+    with app.app_context():
+        schema.upgrade("0001")
+        with db.engine.begin() as conn:
+            conn.execute(text("PRAGMA foreign_keys=OFF"))
+            _insert(conn, "grants", id=7, amr="[]", client_id=99)  # no client 99
+        with pytest.raises(ConflictError, match="references are broken"):
+            schema.upgrade()
+        with db.engine.connect() as conn:
+            assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
