@@ -201,8 +201,13 @@ def _unguard_after_drop(target: Table, connection: Connection, **kw: Any) -> Non
 @contextlib.contextmanager
 def append_only_lifted(connection: Connection) -> Iterator[Connection]:
     """Let ``connection`` delete audit events for the duration, in its transaction: for test
-    fixtures that empty every table. Nothing in the application uses it."""
+    fixtures that empty every table. Nothing in the application uses it.
+
+    On PostgreSQL it takes the chain head before ``audit_events``, in the sealer's order: a
+    sealer holding the head and waiting to link events would otherwise deadlock with a
+    fixture holding ``audit_events`` (ALTER TABLE's lock) and waiting to delete the head."""
     if connection.dialect.name == "postgresql":
+        connection.execute(text("LOCK TABLE audit_chain_head IN EXCLUSIVE MODE"))
         connection.execute(text("ALTER TABLE audit_events DISABLE TRIGGER USER"))
         yield connection
         connection.execute(text("ALTER TABLE audit_events ENABLE TRIGGER USER"))

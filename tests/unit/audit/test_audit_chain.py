@@ -316,6 +316,42 @@ def test_recording_takes_no_lock_and_a_busy_head_is_skipped(app: Flask) -> None:
         assert verify_chain().ok
 
 
+@pytest.mark.skipif(not ON_POSTGRES, reason="table locks need PostgreSQL")
+def test_lifting_the_guards_waits_for_a_sealer_holding_the_head(app: Flask) -> None:
+    """A fixture emptying the tables takes the head before ``audit_events``, as the sealer
+    does: a sealer holding the head still links its events and the fixture then goes on
+    (taken the other way round, the two deadlocked, as CI once saw)."""
+    with app.app_context():
+        commit_events(1)  # the head exists
+        commit_events(1, seal=False)
+        sealer = db.engine.connect()
+        try:
+            sealer.execute(text("SELECT last_seq FROM audit_chain_head FOR UPDATE"))
+            failures: list[BaseException] = []
+
+            def empty() -> None:
+                try:
+                    with app.app_context(), db.engine.begin() as conn, append_only_lifted(conn):
+                        conn.execute(delete(AuditChainHead))
+                        conn.execute(delete(AuditEvent))
+                except BaseException as exc:  # reported below
+                    failures.append(exc)
+
+            fixture = threading.Thread(target=empty)
+            fixture.start()
+            time.sleep(0.3)  # the fixture is waiting now
+            assert fixture.is_alive()
+            # The lock the sealer's UPDATE of audit_events takes.
+            sealer.execute(text("LOCK TABLE audit_events IN ROW EXCLUSIVE MODE"))
+            sealer.commit()
+            fixture.join(10)
+            assert not fixture.is_alive()
+            assert failures == []
+        finally:
+            sealer.close()
+        assert db.session.scalar(select(func.count()).select_from(AuditEvent)) == 0
+
+
 @pytest.mark.skipif(not ON_POSTGRES, reason="two open writers need PostgreSQL")
 def test_an_event_committed_late_gets_a_later_seq(app: Flask) -> None:
     with app.app_context():
